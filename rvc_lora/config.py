@@ -1,0 +1,62 @@
+"""Compose the Hydra configuration (``conf/config.yaml``) with a recipe and command-line overrides.
+
+``recipe=NAME`` is looked up as a path, then ``./recipes/NAME.yaml``, then the repository's
+``recipes/NAME.yaml``. A recipe starts with ``# @package _global_`` and may override any group
+(``defaults: [{override /lora: hq}]``) or value.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from rvc_lora.utils import RVCLoraError
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CONF_DIR = Path(os.environ.get("RVC_LORA_CONF", REPO_ROOT / "conf"))
+RECIPES_DIR = REPO_ROOT / "recipes"
+
+
+def find_recipe(name: str) -> Path:
+    """Resolve a recipe name or path to a YAML file, or raise listing what is available."""
+    candidates = [Path(name), Path(f"{name}.yaml"), Path("recipes") / f"{name}.yaml", RECIPES_DIR / f"{name}.yaml"]
+    for candidate in candidates:
+        if candidate.is_file():
+            return candidate.resolve()
+    known = sorted({p.stem for d in (Path("recipes"), RECIPES_DIR) if d.is_dir() for p in d.glob("*.yaml")})
+    raise RVCLoraError(
+        f"recipe {name!r} not found (looked for a file, ./recipes/{name}.yaml and {RECIPES_DIR}/{name}.yaml); "
+        f"available: {', '.join(known) or 'none'}"
+    )
+
+
+def load_config(overrides: Sequence[str] = ()) -> DictConfig:
+    """Compose ``conf/config.yaml`` with ``overrides`` (Hydra syntax); errors become ``RVCLoraError``."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    if not (CONF_DIR / "config.yaml").is_file():
+        raise RVCLoraError(f"configuration folder not found: {CONF_DIR} (set RVC_LORA_CONF)")
+    overrides = list(overrides)
+    with tempfile.TemporaryDirectory(prefix="rvc-lora-recipe-") as tmp:
+        for i, item in enumerate(overrides):
+            key, _, value = item.partition("=")
+            if key.lstrip("+") == "recipe" and value and value != "null":
+                source = find_recipe(value)
+                (Path(tmp) / "recipe").mkdir(exist_ok=True)
+                shutil.copyfile(source, Path(tmp) / "recipe" / f"{source.stem}.yaml")
+                overrides[i] = f"recipe={source.stem}"
+                overrides.append(f"hydra.searchpath=[file://{tmp}]")
+        try:
+            with initialize_config_dir(str(CONF_DIR.resolve()), version_base="1.3"):
+                cfg = compose("config", overrides=overrides)
+            OmegaConf.resolve(cfg)
+        except (HydraException, OmegaConfBaseException) as exc:
+            raise RVCLoraError(f"invalid configuration: {str(exc).strip().splitlines()[0]}") from None
+    return cfg

@@ -1,0 +1,1 @@
+"""Experiment folders, datasets and the faiss retrieval index (``rvc_lora.data.index``)."""

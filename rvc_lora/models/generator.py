@@ -1,0 +1,240 @@
+"""RVC's HiFi-GAN decoders ``dec``: plain :class:`Generator` (no-f0 models) and :class:`GeneratorNSF`.
+
+Stage ``i`` (of ``len(upsample_rates)``): LeakyReLU(0.1) -> ``ups[i]`` (weight-normed transposed conv,
+channels ``uic / 2**i -> uic / 2**(i+1)``) -> [NSF: + ``noise_convs[i]``(harmonic source)] -> mean of
+the stage's resblocks (flat index ``i * num_kernels + j``). Then LeakyReLU with torch's default slope
+0.01 (as in RVC), ``conv_post`` (no bias) and tanh. ``conv_pre``, ``cond``, ``noise_convs`` and
+``conv_post`` are plain convolutions; ``ups`` and resblock convs are weight-normed (weight_g/weight_v).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from .modules import weight_norm
+from .nsf import SourceModuleHnNSF
+
+__all__ = ["Generator", "GeneratorNSF", "ResBlock1", "ResBlock2", "LRELU_SLOPE"]
+
+LRELU_SLOPE = 0.1
+
+
+def _init_conv(conv: nn.Module) -> nn.Module:
+    """HiFi-GAN initialisation N(0, 0.01) of a convolution weight (before weight norm is applied)."""
+    nn.init.normal_(conv.weight, 0.0, 0.01)
+    return conv
+
+
+def _dilated_conv(channels: int, kernel_size: int, dilation: int) -> nn.Conv1d:
+    """Length-preserving dilated Conv1d(channels -> channels)."""
+    padding = (kernel_size * dilation - dilation) // 2
+    return nn.Conv1d(channels, channels, kernel_size, dilation=dilation, padding=padding)
+
+
+class ResBlock1(nn.Module):
+    """Three residual pairs [LReLU -> dilated conv (``convs1``) -> LReLU -> conv (``convs2``)]; ``[B,C,T]``."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3, 5)) -> None:
+        super().__init__()
+        self.convs1 = nn.ModuleList(
+            weight_norm(_init_conv(_dilated_conv(channels, kernel_size, d))) for d in dilation
+        )
+        self.convs2 = nn.ModuleList(
+            weight_norm(_init_conv(_dilated_conv(channels, kernel_size, 1))) for _ in dilation
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, T] -> [B, C, T]``."""
+        for c1, c2 in zip(self.convs1, self.convs2, strict=True):
+            xt = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            x = xt + x
+        return x
+
+
+class ResBlock2(nn.Module):
+    """Two residual units [LReLU -> dilated conv] (``convs``, dilations ``dilation[:2]``); ``[B,C,T]``."""
+
+    def __init__(self, channels: int, kernel_size: int = 3, dilation: Sequence[int] = (1, 3)) -> None:
+        super().__init__()
+        self.convs = nn.ModuleList(
+            weight_norm(_init_conv(_dilated_conv(channels, kernel_size, d))) for d in list(dilation)[:2]
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[B, C, T] -> [B, C, T]``."""
+        for conv in self.convs:
+            x = conv(F.leaky_relu(x, LRELU_SLOPE)) + x
+        return x
+
+
+def _resblock_class(resblock: str) -> type[nn.Module]:
+    if str(resblock) == "1":
+        return ResBlock1
+    if str(resblock) == "2":
+        return ResBlock2
+    raise ValueError(f"resblock must be '1' or '2', got {resblock!r}")
+
+
+class _HiFiGANBase(nn.Module):
+    """Shared construction helpers and the per-stage resblock average (optionally checkpointed)."""
+
+    num_kernels: int
+    num_upsamples: int
+    resblocks: nn.ModuleList
+    gradient_checkpointing: bool
+
+    def _build_ups(
+        self, upsample_rates: Sequence[int], upsample_kernel_sizes: Sequence[int], uic: int
+    ) -> nn.ModuleList:
+        ups = nn.ModuleList()
+        for i, (u, k) in enumerate(zip(upsample_rates, upsample_kernel_sizes, strict=True)):
+            conv = nn.ConvTranspose1d(uic // 2**i, uic // 2 ** (i + 1), k, u, padding=(k - u) // 2)
+            ups.append(weight_norm(_init_conv(conv)))
+        return ups
+
+    def _build_resblocks(
+        self, resblock: str, kernel_sizes: Sequence[int], dilations: Sequence[Sequence[int]], uic: int, n: int
+    ) -> tuple[nn.ModuleList, int]:
+        cls = _resblock_class(resblock)
+        blocks = nn.ModuleList()
+        ch = uic
+        for i in range(n):
+            ch = uic // 2 ** (i + 1)
+            for k, d in zip(kernel_sizes, dilations, strict=True):
+                blocks.append(cls(ch, k, d))
+        return blocks, ch
+
+    def _stage_mean(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        first = stage * self.num_kernels
+        xs = self.resblocks[first](x)
+        for j in range(1, self.num_kernels):
+            xs = xs + self.resblocks[first + j](x)
+        return xs / self.num_kernels
+
+    def _resblock_stage(self, stage: int, x: torch.Tensor) -> torch.Tensor:
+        if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
+            return checkpoint(self._stage_mean, stage, x, use_reentrant=False)
+        return self._stage_mean(stage, x)
+
+    @staticmethod
+    def _finish(conv_post: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(conv_post(F.leaky_relu(x)))
+
+
+class Generator(_HiFiGANBase):
+    """HiFi-GAN decoder of no-f0 RVC models: z ``[B, inter, T]`` (+ g) -> audio ``[B, 1, T * prod(rates)]``.
+
+    Set ``gradient_checkpointing = True`` to recompute each stage's resblocks in backward (training).
+    """
+
+    def __init__(
+        self,
+        initial_channel: int,
+        resblock: str,
+        resblock_kernel_sizes: Sequence[int],
+        resblock_dilation_sizes: Sequence[Sequence[int]],
+        upsample_rates: Sequence[int],
+        upsample_initial_channel: int,
+        upsample_kernel_sizes: Sequence[int],
+        gin_channels: int = 0,
+    ) -> None:
+        super().__init__()
+        self.num_kernels = len(resblock_kernel_sizes)
+        self.num_upsamples = len(upsample_rates)
+        self.upp = math.prod(upsample_rates)
+        self.gradient_checkpointing = False
+        uic = upsample_initial_channel
+        self.conv_pre = nn.Conv1d(initial_channel, uic, 7, 1, padding=3)
+        self.ups = self._build_ups(upsample_rates, upsample_kernel_sizes, uic)
+        self.resblocks, ch = self._build_resblocks(
+            resblock, resblock_kernel_sizes, resblock_dilation_sizes, uic, self.num_upsamples
+        )
+        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
+        if gin_channels:
+            self.cond = nn.Conv1d(gin_channels, uic, 1)
+
+    def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
+        """x ``[B, inter, T]``, g ``[B, gin, 1]`` or None -> audio ``[B, 1, T * upp]`` in [-1, 1]."""
+        x = self.conv_pre(x)
+        if g is not None:
+            x = x + self.cond(g)
+        for i, up in enumerate(self.ups):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = self._resblock_stage(i, x)
+        return self._finish(self.conv_post, x)
+
+
+class GeneratorNSF(_HiFiGANBase):
+    """NSF-HiFi-GAN decoder of f0 RVC models: z ``[B, inter, T]`` + f0 ``[B, T]`` (+ g) -> audio.
+
+    The harmonic source ``m_source`` (``[B, T * upp, 1]``) is injected at every stage through
+    ``noise_convs[i]`` (stride ``prod(upsample_rates[i+1:])``, kernel 1 at the last stage).
+    Set ``gradient_checkpointing = True`` to recompute each stage's resblocks in backward (training).
+    """
+
+    def __init__(
+        self,
+        initial_channel: int,
+        resblock: str,
+        resblock_kernel_sizes: Sequence[int],
+        resblock_dilation_sizes: Sequence[Sequence[int]],
+        upsample_rates: Sequence[int],
+        upsample_initial_channel: int,
+        upsample_kernel_sizes: Sequence[int],
+        gin_channels: int,
+        sr: int,
+    ) -> None:
+        super().__init__()
+        self.num_kernels = len(resblock_kernel_sizes)
+        self.num_upsamples = len(upsample_rates)
+        self.upp = math.prod(upsample_rates)
+        self.gradient_checkpointing = False
+        uic = upsample_initial_channel
+        self.m_source = SourceModuleHnNSF(sr, harmonic_num=0)
+        self.noise_convs = nn.ModuleList()
+        for i in range(self.num_upsamples):
+            channels = uic // 2 ** (i + 1)
+            if i + 1 < self.num_upsamples:
+                stride = math.prod(upsample_rates[i + 1 :])
+                conv = nn.Conv1d(1, channels, kernel_size=stride * 2, stride=stride, padding=stride // 2)
+            else:
+                conv = nn.Conv1d(1, channels, kernel_size=1)
+            self.noise_convs.append(conv)
+        self.conv_pre = nn.Conv1d(initial_channel, uic, 7, 1, padding=3)
+        self.ups = self._build_ups(upsample_rates, upsample_kernel_sizes, uic)
+        self.resblocks, ch = self._build_resblocks(
+            resblock, resblock_kernel_sizes, resblock_dilation_sizes, uic, self.num_upsamples
+        )
+        self.conv_post = nn.Conv1d(ch, 1, 7, 1, padding=3, bias=False)
+        if gin_channels:
+            self.cond = nn.Conv1d(gin_channels, uic, 1)
+
+    def source(self, f0: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """Harmonic source for f0 ``[B, T]`` Hz -> ``[B, 1, T * upp]`` (channels-first for the convs)."""
+        return self.m_source(f0, self.upp, noise=noise).transpose(1, 2)
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        f0: torch.Tensor,
+        g: torch.Tensor | None = None,
+        noise: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """x ``[B, inter, T]``, f0 ``[B, T]`` Hz (0 = unvoiced), g ``[B, gin, 1]`` or None,
+        noise ``[B, T * upp, 1]`` standard-normal draw to use instead of ``torch.randn``
+        -> audio ``[B, 1, T * upp]`` in [-1, 1]."""
+        har_source = self.source(f0, noise)
+        x = self.conv_pre(x)
+        if g is not None:
+            x = x + self.cond(g)
+        for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
+            x = up(F.leaky_relu(x, LRELU_SLOPE))
+            x = x + noise_conv(har_source)
+            x = self._resblock_stage(i, x)
+        return self._finish(self.conv_post, x)

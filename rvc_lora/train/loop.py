@@ -1,0 +1,484 @@
+"""The training loop: RVC's step order and losses on a frozen base with trainable adapters.
+
+Per batch: G forward (autocast) -> D step on (real, fake.detach()) -> G losses (mel x c_mel, KL x c_kl,
+feature matching, LSGAN adversarial) through a D that receives no gradient -> G step. A non-finite loss
+skips the whole step on every rank. The exponential learning-rate decay is stepped once per epoch.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.parallel import DistributedDataParallel as DDP
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from rvc_lora.models import mel_settings, mel_spectrogram, spec_to_mel
+from rvc_lora.models.synthesizer import slice_segments
+from rvc_lora.utils import RVCLoraError, atomic_write, resolve_device
+
+from . import distributed as dist_utils
+from .checkpointing import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
+from .dataset import BucketBatchSampler, PieceDataset, collate_pieces, split_pieces
+from .evaluation import validate
+from .losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss, mel_l1
+from .outputs import export_run, save_adapter_file
+from .setup import build_models, resolve_precision
+from .tensorboard_writer import RunWriter, mel_image
+from .trainable import ParameterEMA
+from .validate import check_config
+
+__all__ = ["NonFiniteLossError", "TrainResult", "Trainer"]
+
+log = logging.getLogger(__name__)
+CHECKPOINT_FORMAT = 1
+
+
+class NonFiniteLossError(RVCLoraError):
+    """Too many consecutive steps with a NaN / inf loss."""
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. Paths are None when not written (e.g. interrupted, or non-zero rank)."""
+
+    run_dir: Path
+    steps: int
+    epochs: int
+    adapter_path: Path | None = None
+    merged_path: Path | None = None
+    best_adapter_path: Path | None = None
+    index_paths: list[Path] = field(default_factory=list)
+    best_step: int | None = None
+    best_val_loss: float | None = None
+    final_losses: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    interrupted: bool = False
+    stop_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
+
+
+class Trainer:
+    """One training run described by a composed config (see ``conf/``).
+
+    ``Trainer(cfg)`` validates the config, loads the models and resumes from the newest checkpoint in
+    ``cfg.run_dir`` (unless ``trainer.resume=false``); ``fit()`` trains; ``export()`` writes the adapter,
+    ``merged.pth`` and the index copy. ``run_training`` does all three.
+    """
+
+    def __init__(self, cfg: DictConfig):
+        self.cfg = cfg
+        t = cfg.trainer
+        self.layout, self.info = check_config(cfg)
+        self.device = resolve_device(str(t.device))
+        self.dist = dist_utils.init_distributed(self.device)
+        if self.dist.enabled and self.device.type == "cuda":
+            self.device = torch.device("cuda", self.dist.local_rank)
+            torch.cuda.set_device(self.device)
+        self.precision = resolve_precision(str(t.precision), self.device)
+        self.run_dir = Path(str(cfg.run_dir))
+        self.mode = str(t.discriminator)
+
+        torch.manual_seed(int(t.seed))  # identical adapter initialisation on every rank
+        self.models = build_models(cfg, self.info, self.device)
+        self.synth = self.models.synth
+        self.disc = self.models.discriminator
+        self.settings = mel_settings(self.info.version, self.info.sample_rate)
+        self.segment_samples = self.synth.segment_frames * self.settings.hop
+        self.d_trained = self.disc is not None and self.mode != "frozen"
+
+        self.g_model: torch.nn.Module = self.synth
+        self.d_model: torch.nn.Module | None = self.disc
+        if self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.g_model = DDP(self.synth, device_ids=ids)
+            if self.d_trained:
+                self.d_model = DDP(self.disc, device_ids=ids)
+
+        o = cfg.optim
+        adamw = {"lr": float(o.lr), "betas": tuple(o.betas), "eps": float(o.eps), "weight_decay": float(o.weight_decay)}
+        self.optim_g = torch.optim.AdamW(self.models.trainable_g, **adamw)
+        self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=float(o.lr_decay))
+        self.optim_d = self.sched_d = None
+        if self.d_trained:
+            self.optim_d = torch.optim.AdamW(self.disc.parameters(), **adamw)
+            self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=float(o.lr_decay))
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
+        self.ema = ParameterEMA(self.models.trainable_g, float(t.ema_decay)) if t.ema_decay else None
+
+        train_names, val_names = split_pieces(self.layout, int(cfg.data.validation_pieces))
+        speaker = int(cfg.data.speaker_id)
+        max_frames = int(t.get("max_frames", 900))
+        self.dataset = PieceDataset(self.layout, train_names, self.settings, self.info.f0, speaker, max_frames)
+        self.val_dataset = PieceDataset(self.layout, val_names, self.settings, self.info.f0, speaker, max_frames)
+        self.sampler = BucketBatchSampler(self.dataset.lengths, int(t.batch_size), int(t.seed),
+                                          int(t.get("bucket_width", 100)), self.dist.rank, self.dist.world_size)
+        self.batches_per_epoch = len(self.sampler)
+
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self.best_step: int | None = None
+        self.best_loss: float | None = None
+        self.skipped = 0
+        self.consecutive_bad = 0
+        self.last_losses: dict[str, float] = {}
+        self._stop_requested = False
+        self.resumed_from: Path | None = None
+        torch.manual_seed(int(t.seed) + self.dist.rank)
+        if bool(t.get("resume", True)):
+            latest = latest_checkpoint(self.run_dir)
+            if latest is not None:
+                self._load_state(load_checkpoint(latest))
+                self.resumed_from = latest
+
+        self.writer = RunWriter(self.run_dir, enabled=self.dist.is_main and bool(cfg.logging.tensorboard),
+                                purge_step=self.step + 1 if self.resumed_from else None)
+        if self.dist.is_main:
+            with atomic_write(self.run_dir / "config.yaml") as tmp:
+                tmp.write_text(OmegaConf.to_yaml(cfg, resolve=True))
+            if self.resumed_from is None:
+                self.writer.hparams(self._hparams(), ("val/mel_l1", "loss/g/total"))
+
+    # ---- state -------------------------------------------------------------------------------------------
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        """The trained weights: adapter tensors (LoRA) or the full synthesizer state (adapter=none)."""
+        if self.models.adapters is not None:
+            return {k: v.detach().cpu().clone() for k, v in self.models.adapters.adapter_state_dict().items()}
+        return {k: v.detach().cpu().clone() for k, v in self.synth.state_dict().items()}
+
+    def _state(self) -> dict[str, Any]:
+        m = self.models
+        rngs = dist_utils.gather_objects(capture_rng_state(), self.dist)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+            "world_size": self.dist.world_size,
+            "adapter": self.adapter_tensors(),
+            "speaker_delta": None if m.speaker_delta is None else m.speaker_delta.delta.detach().cpu(),
+            "discriminator": self.disc.state_dict() if self.d_trained else None,
+            "optim_g": self.optim_g.state_dict(), "sched_g": self.sched_g.state_dict(),
+            "optim_d": None if self.optim_d is None else self.optim_d.state_dict(),
+            "sched_d": None if self.sched_d is None else self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": None if self.ema is None else self.ema.state_dict(),
+            "rng": rngs,
+            "best": {"step": self.best_step, "loss": self.best_loss},
+            "nan": {"skipped": self.skipped, "consecutive": self.consecutive_bad},
+        }
+
+    def _load_state(self, state: dict[str, Any]) -> None:
+        if state.get("format") != CHECKPOINT_FORMAT:
+            raise RVCLoraError(f"{self.run_dir}: checkpoint format {state.get('format')!r} is not supported")
+        m = self.models
+        try:
+            if m.adapters is not None:
+                m.adapters.load_adapter_state_dict(state["adapter"])
+            else:
+                self.synth.load_state_dict(state["adapter"])
+            if m.speaker_delta is not None:
+                if state.get("speaker_delta") is None:
+                    raise RVCLoraError("the checkpoint has no speaker-embedding delta")
+                with torch.no_grad():
+                    m.speaker_delta.delta.copy_(state["speaker_delta"])
+            if self.d_trained and state.get("discriminator") is not None:
+                self.disc.load_state_dict(state["discriminator"])
+            self.optim_g.load_state_dict(state["optim_g"])
+            self.sched_g.load_state_dict(state["sched_g"])
+            if self.optim_d is not None and state.get("optim_d") is not None:
+                self.optim_d.load_state_dict(state["optim_d"])
+                self.sched_d.load_state_dict(state["sched_d"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            raise RVCLoraError(f"{self.run_dir}: the checkpoint does not fit this configuration ({exc}); use a "
+                               "new run_dir or trainer.resume=false") from None
+        self.scaler.load_state_dict(state["scaler"])
+        if self.ema is not None and state.get("ema") is not None:
+            self.ema.load_state_dict(state["ema"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_step, self.best_loss = state["best"]["step"], state["best"]["loss"]
+        self.skipped, self.consecutive_bad = state["nan"]["skipped"], state["nan"]["consecutive"]
+        rngs = state["rng"]
+        if state.get("world_size") == self.dist.world_size and len(rngs) > self.dist.rank:
+            restore_rng_state(rngs[self.dist.rank])
+        else:
+            torch.manual_seed(int(self.cfg.trainer.seed) + 7919 * self.step + self.dist.rank)
+
+    def save_checkpoint(self) -> Path | None:
+        state = self._state()  # collective under DDP: every rank takes part
+        path = None
+        if self.dist.is_main:
+            path = save_checkpoint(self.run_dir, self.step, state, int(self.cfg.trainer.keep_checkpoints))
+        dist_utils.barrier(self.dist)
+        return path
+
+    # ---- one step ----------------------------------------------------------------------------------------
+    def _autocast(self):
+        enabled = self.precision.dtype is not None
+        return torch.autocast(self.device.type, dtype=self.precision.dtype or torch.float32, enabled=enabled)
+
+    def _grad_norm(self, params) -> float:
+        grads = [p.grad.detach().float() for p in params if p.grad is not None]
+        if not grads:
+            return 0.0
+        clip = self.cfg.trainer.get("grad_clip")
+        if clip:
+            return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], float(clip)))
+        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+
+    def _finite(self, loss: torch.Tensor) -> bool:
+        return dist_utils.all_finite(bool(torch.isfinite(loss).item()), self.dist, self.device)
+
+    def _skip(self) -> None:
+        self.optim_g.zero_grad(set_to_none=True)
+        if self.optim_d is not None:
+            self.optim_d.zero_grad(set_to_none=True)
+        self.skipped += 1
+        self.consecutive_bad += 1
+        if self.consecutive_bad >= int(self.cfg.trainer.nan_patience):
+            raise NonFiniteLossError(
+                f"training stopped: {self.consecutive_bad} consecutive steps had a NaN/inf loss (step "
+                f"{self.step}). Try a lower learning rate (optim.lr), full precision (trainer.precision=fp32), "
+                f"and check the data (rvc-lora prepare's manifest: silent, clipped or corrupt pieces).")
+
+    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
+        """One optimisation step on ``batch`` (see ``collate_pieces``); returns scalars, None if skipped."""
+        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        t = self.cfg.trainer
+        d_update = self.d_trained and (self.mode != "every_k" or self.step % int(t.d_every) == 0)
+        with self._autocast():
+            wave_hat, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = self.g_model(
+                b["phone"], b["phone_lengths"], b.get("pitch"), b.get("pitchf"), b["spec"], b["spec_lengths"],
+                b["sid"])
+        real = slice_segments(b["wave"], ids * self.settings.hop, self.segment_samples)
+        s = self.settings
+        mel = spec_to_mel(b["spec"].float(), s.sample_rate, s.n_fft, s.n_mels, s.fmin, s.fmax)
+        mel_real = slice_segments(mel, ids, self.synth.segment_frames)
+        mel_fake = mel_spectrogram(wave_hat.float().squeeze(1), s)
+        out: dict[str, float] = {}
+
+        stepped = False
+        if d_update:
+            with self._autocast():
+                real_outs, fake_outs, _, _ = self.d_model(real, wave_hat.detach())
+            loss_d = discriminator_loss(real_outs, fake_outs)
+            if not self._finite(loss_d):
+                self._skip()
+                return None
+            self.optim_d.zero_grad(set_to_none=True)
+            self.scaler.scale(loss_d).backward()
+            self.scaler.unscale_(self.optim_d)
+            out["grad_norm/d"] = self._grad_norm(list(self.disc.parameters()))
+            self.scaler.step(self.optim_d)
+            stepped = True
+            out["loss/d/total"] = float(loss_d)
+
+        loss_mel = mel_l1(mel_real, mel_fake) * float(t.c_mel)
+        loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(t.c_kl)
+        total = loss_mel + loss_kl
+        if self.disc is not None:
+            if self.d_trained:
+                self.disc.requires_grad_(False)
+            try:
+                with self._autocast():
+                    _, fake_outs, real_fmaps, fake_fmaps = self.disc(real, wave_hat)
+            finally:
+                if self.d_trained:
+                    self.disc.requires_grad_(True)
+            loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
+            loss_adv = generator_adversarial_loss(fake_outs)
+            total = total + loss_fm + loss_adv
+            out["loss/g/fm"], out["loss/g/adv"] = float(loss_fm), float(loss_adv)
+        if not self._finite(total):
+            if stepped:
+                self.scaler.update()
+            self._skip()
+            return None
+        self.optim_g.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        self.scaler.unscale_(self.optim_g)
+        out["grad_norm/adapter"] = self._grad_norm(self.models.trainable_g)
+        self.scaler.step(self.optim_g)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update()
+        self.consecutive_bad = 0
+        out.update({"loss/g/total": float(total), "loss/g/mel": float(loss_mel), "loss/g/kl": float(loss_kl)})
+        self._last_mels = (mel_real[0].detach(), mel_fake[0].detach())
+        return out
+
+    # ---- loop --------------------------------------------------------------------------------------------
+    def _max_steps(self) -> int:
+        t = self.cfg.trainer
+        limits = []
+        if t.max_steps is not None:
+            limits.append(int(t.max_steps))
+        if t.max_epochs is not None:
+            limits.append(int(t.max_epochs) * self.batches_per_epoch)
+        return min(limits)
+
+    def _install_signals(self) -> dict:
+        if threading.current_thread() is not threading.main_thread():
+            return {}
+        previous = {}
+
+        def handler(signum, frame):  # noqa: ARG001 - signal signature
+            self._stop_requested = True
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
+        return previous
+
+    def request_stop(self) -> None:
+        """Ask the loop to save a checkpoint and return after the current step (what SIGINT/SIGTERM do)."""
+        self._stop_requested = True
+
+    def fit(self) -> TrainResult:
+        """Train until ``max_steps`` / ``max_epochs`` (or a stop request); returns the run's state."""
+        t = self.cfg.trainer
+        max_steps = self._max_steps()
+        previous = self._install_signals()
+        show = self.dist.is_main and bool(self.cfg.logging.get("progress", True)) and sys.stderr.isatty()
+        bar = tqdm(total=max_steps, initial=min(self.step, max_steps), disable=not show, desc="train",
+                   unit="step", dynamic_ncols=True)
+        result = TrainResult(self.run_dir, self.step, self.epoch, warnings=list(self.models.warnings))
+        last_saved = self.step if self.resumed_from else -1
+        tick, tick_step = time.perf_counter(), self.step
+        try:
+            while self.step < max_steps:
+                batches = self.sampler.batches(self.epoch)[self.batch_in_epoch:]
+                loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_pieces,
+                                    num_workers=int(t.num_workers), generator=torch.Generator(),
+                                    pin_memory=self.device.type == "cuda")
+                for batch in loader:
+                    scalars = self.train_step(batch)
+                    self.batch_in_epoch += 1
+                    if self.batch_in_epoch >= self.batches_per_epoch:
+                        self.epoch += 1
+                        self.batch_in_epoch = 0
+                        self.sched_g.step()
+                        if self.sched_d is not None:
+                            self.sched_d.step()
+                    self.step += 1
+                    bar.update(1)
+                    if scalars is not None:
+                        self.last_losses = {k: v for k, v in scalars.items() if k.startswith("loss/")}
+                        bar.set_postfix(g=f"{scalars['loss/g/total']:.3f}", mel=f"{scalars['loss/g/mel']:.3f}")
+                    if self.step % int(t.log_interval) == 0 or self.step == max_steps:
+                        now = time.perf_counter()
+                        self._log_scalars(scalars, (self.step - tick_step) / max(now - tick, 1e-9))
+                        tick, tick_step = now, self.step
+                    if self.step % int(t.validation_interval) == 0 or self.step == max_steps:
+                        self.run_validation()
+                    stop = dist_utils.any_flag(self._stop_requested, self.dist, self.device)
+                    if self.step % int(t.checkpoint_interval) == 0 or self.step == max_steps or stop:
+                        self.save_checkpoint()
+                        last_saved = self.step
+                    if stop:
+                        result.interrupted, result.stop_reason = True, "interrupted"
+                        break
+                    if self.step >= max_steps:
+                        break
+                if result.interrupted:
+                    break
+            if not result.interrupted:
+                result.stop_reason = "max_steps"
+                if last_saved != self.step:
+                    self.save_checkpoint()
+        finally:
+            bar.close()
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+            self.writer.flush()
+        result.steps, result.epochs = self.step, self.epoch
+        result.best_step, result.best_val_loss = self.best_step, self.best_loss
+        result.final_losses, result.skipped_steps = dict(self.last_losses), self.skipped
+        if self.dist.is_main and (self.run_dir / "best_adapter.safetensors").is_file():
+            result.best_adapter_path = self.run_dir / "best_adapter.safetensors"
+        return result
+
+    # ---- logging and validation -------------------------------------------------------------------------
+    def _log_scalars(self, scalars: dict[str, float] | None, steps_per_sec: float) -> None:
+        values = dict(scalars or {})
+        values["lr"] = self.optim_g.param_groups[0]["lr"]
+        values["speed/steps_per_sec"] = steps_per_sec
+        values["nan/skipped_steps"] = float(self.skipped)
+        with torch.no_grad():
+            norms = [torch.linalg.vector_norm(p.detach().float()) for p in self.models.trainable_g]
+            values["adapter/weight_norm"] = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else 0.0
+        if self.device.type == "cuda":
+            values["memory/gpu_gb"] = torch.cuda.max_memory_allocated(self.device) / 1e9
+        self.writer.scalars(values, self.step)
+
+    def run_validation(self) -> float | None:
+        """Validation loss, mel images and audio (rank 0); keeps ``best_adapter.safetensors``."""
+        if not self.dist.is_main or len(self.val_dataset) == 0:
+            dist_utils.barrier(self.dist)
+            return None
+        if self.ema is not None:
+            self.ema.swap()
+        try:
+            items = [self.val_dataset[i] for i in range(len(self.val_dataset))]
+            n_clips = int(self.cfg.logging.audio_clips)
+            res = validate(self.synth, items, self.settings, self.device, n_clips, seed=int(self.cfg.trainer.seed))
+            self.writer.scalars({"val/mel_l1": res.mel_l1}, self.step)
+            sr = self.settings.sample_rate
+            for i, clip in enumerate(res.clips):
+                self.writer.audio(f"audio/val_{i}/real", clip.real, self.step, sr)
+                self.writer.audio(f"audio/val_{i}/reconstruction", clip.reconstruction, self.step, sr)
+                self.writer.audio(f"audio/val_{i}/conversion", clip.conversion, self.step, sr)
+                if self.cfg.logging.mel_images:
+                    self.writer.image(f"mel/val_{i}", mel_image(clip.mel_real, clip.mel_reconstruction), self.step)
+            if self.cfg.logging.mel_images and getattr(self, "_last_mels", None) is not None:
+                self.writer.image("mel/train", mel_image(*self._last_mels), self.step)
+            if self.best_loss is None or res.mel_l1 < self.best_loss:
+                self.best_loss, self.best_step = res.mel_l1, self.step
+                self._save_best()
+            self.writer.flush()
+        finally:
+            if self.ema is not None:
+                self.ema.swap()
+            dist_utils.barrier(self.dist)
+        return res.mel_l1
+
+    def _save_best(self) -> None:
+        meta = {"step": self.step, "val_mel_l1": self.best_loss}
+        if self.models.adapters is not None:
+            save_adapter_file(self.models, self.run_dir / "best_adapter.safetensors", meta)
+        else:
+            from rvc_lora.checkpoint import save_rvc
+
+            save_rvc(self.synth, self.run_dir / "best.pth", info=f"rvc-lora full fine-tune, best at step {self.step}")
+
+    def _hparams(self) -> dict[str, Any]:
+        c = self.cfg
+        return {
+            "adapter": c.adapter, "lora/rank": c.lora.rank, "lora/alpha": c.lora.alpha,
+            "lora/dropout": c.lora.dropout, "lora/flow": c.lora.get("flow", False),
+            "lora/enc_p": c.lora.get("enc_p", False), "discriminator": c.trainer.discriminator,
+            "d_every": c.trainer.d_every, "lr": c.optim.lr, "batch_size": c.trainer.batch_size,
+            "precision": self.precision.name, "world_size": self.dist.world_size,
+            "trainable_params": sum(p.numel() for p in self.models.trainable_g),
+            "version": self.info.version, "sample_rate": self.info.sample_rate,
+        }
+
+    def export(self, result: TrainResult) -> TrainResult:
+        """Write adapter.safetensors, merged.pth and the index copy (rank 0; not after an interruption)."""
+        if self.dist.is_main and not result.interrupted:
+            if self.ema is not None:
+                self.ema.swap()
+            export_run(self, result)
+        dist_utils.barrier(self.dist)
+        return result
+
+    def close(self) -> None:
+        self.writer.close()
+        dist_utils.shutdown_distributed(self.dist)

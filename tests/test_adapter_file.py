@@ -1,0 +1,126 @@
+"""Adapter files: round trips in every dtype, peft and diff readers, malformed files, fingerprints."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from rvc_lora.lora.adapter_file import check_fingerprint, fingerprint_tensors, read_adapter, save_adapter
+from rvc_lora.utils import RVCLoraError
+
+
+def _tensors():
+    torch.manual_seed(0)
+    return {
+        "dec.ups.0.lora_down.weight": torch.randn(4, 16, 1),
+        "dec.ups.0.lora_up.weight": torch.randn(4, 8, 10),
+        "dec.ups.0.alpha": torch.tensor(2.0),
+        "dec.resblocks.0.convs1.0.lora_down.weight": torch.randn(4, 8, 3),
+        "dec.resblocks.0.convs1.0.lora_up.weight": torch.randn(8, 4, 1),
+        "dec.resblocks.0.convs1.0.alpha": torch.tensor(4.0),
+    }
+
+
+@pytest.mark.parametrize("dtype,torch_dtype", [("fp16", torch.float16), ("fp32", torch.float32),
+                                               ("bf16", torch.bfloat16)])
+def test_roundtrip(tmp_path, dtype, torch_dtype):
+    t = _tensors()
+    meta = {"rank": 4, "alpha": 4.0, "targets": ["ups.*"], "f0": True, "training": {"steps": 10}}
+    path = save_adapter(tmp_path / "a.safetensors", t, meta, dtype=dtype)
+    assert [p.name for p in tmp_path.iterdir()] == ["a.safetensors"]  # no temp file left behind
+    af = read_adapter(path)
+    assert af.metadata["format"] == "rvc-lora" and af.metadata["format_version"] == "1"
+    assert af.metadata["dtype"] == dtype and af.metadata["training"] == {"steps": 10}
+    assert af.metadata["targets"] == ["ups.*"] and af.metadata["f0"] is True
+    assert af.modules == {"dec.ups.0": "lora", "dec.resblocks.0.convs1.0": "lora"}
+    assert af.ranks() == {"dec.ups.0": 4, "dec.resblocks.0.convs1.0": 4}
+    for k, v in t.items():
+        got = af.tensors[k]
+        if k.endswith(".alpha"):
+            assert got.dtype == torch.float32 and float(got) == float(v)
+        else:
+            assert got.dtype == torch_dtype
+            assert torch.equal(got, v.to(torch_dtype))
+
+
+def test_fingerprint_agrees_between_fp16_file_and_fp32_memory(tmp_path):
+    t = _tensors()
+    path = save_adapter(tmp_path / "a.safetensors", t, {}, dtype="fp16")
+    assert fingerprint_tensors(read_adapter(path).tensors) == fingerprint_tensors(t)
+    changed = dict(t)
+    changed["dec.ups.0.lora_up.weight"] = t["dec.ups.0.lora_up.weight"].clone()
+    changed["dec.ups.0.lora_up.weight"][0, 0, 0] += 1.0
+    assert fingerprint_tensors(changed) != fingerprint_tensors(t)
+    renamed = {k.replace("ups.0", "ups.1"): v for k, v in t.items()}
+    assert fingerprint_tensors(renamed) != fingerprint_tensors(t)
+
+
+def test_peft_style_files(tmp_path):
+    torch.manual_seed(1)
+    a, b = torch.randn(2, 5), torch.randn(3, 2)
+    save_file({"base_model.model.dec.head.lora_A.weight": a, "base_model.model.dec.head.lora_B.weight": b},
+              str(tmp_path / "p.safetensors"), metadata={"lora_alpha": "8"})
+    af = read_adapter(tmp_path / "p.safetensors")
+    assert af.modules == {"dec.head": "lora"}
+    assert torch.equal(af.tensors["dec.head.lora_down.weight"], a)
+    assert torch.equal(af.tensors["dec.head.lora_up.weight"], b)
+    assert float(af.tensors["dec.head.alpha"]) == 8.0
+    save_file({"m.lora_A.voice.weight": a, "m.lora_B.voice.weight": b}, str(tmp_path / "q.safetensors"))
+    af = read_adapter(tmp_path / "q.safetensors")
+    assert af.modules == {"m": "lora"} and float(af.tensors["m.alpha"]) == 2.0  # default alpha = rank
+
+
+def test_diff_files(tmp_path):
+    d, db = torch.randn(4, 3, 5), torch.randn(4)
+    save_file({"dec.conv_post.diff": d, "dec.conv_post.diff_b": db}, str(tmp_path / "d.safetensors"))
+    af = read_adapter(tmp_path / "d.safetensors")
+    assert af.modules == {"dec.conv_post": "diff"}
+    assert torch.equal(af.tensors["dec.conv_post.diff"], d) and torch.equal(af.tensors["dec.conv_post.diff_b"], db)
+
+
+@pytest.mark.parametrize("tensors,problem", [
+    ({"m.lora_down.weight": torch.zeros(2, 3, 1)}, "missing its lora_up"),
+    ({"m.lora_down.weight": torch.zeros(2, 3, 1), "m.lora_up.weight": torch.zeros(4, 3, 1)}, "rank mismatch"),
+    ({"m.hada_w1_a": torch.zeros(2, 3)}, "unknown tensor key 'm.hada_w1_a'"),
+    ({"m.alpha": torch.tensor(1.0)}, "neither a diff nor"),
+    ({"m.lora_A.x.weight": torch.zeros(2, 3), "m.lora_B.y.weight": torch.zeros(3, 2)}, "several peft"),
+])
+def test_malformed_contents(tmp_path, tensors, problem):
+    path = tmp_path / "bad.safetensors"
+    save_file(tensors, str(path))
+    with pytest.raises(RVCLoraError, match=problem) as err:
+        read_adapter(path)
+    assert "bad.safetensors" in str(err.value)
+
+
+def test_not_safetensors_and_truncated(tmp_path):
+    junk = tmp_path / "junk.safetensors"
+    junk.write_bytes(b"this is not a safetensors file at all")
+    with pytest.raises(RVCLoraError, match="junk.safetensors"):
+        read_adapter(junk)
+    good = save_adapter(tmp_path / "good.safetensors", _tensors(), {})
+    cut = tmp_path / "cut.safetensors"
+    cut.write_bytes(good.read_bytes()[:-100])
+    with pytest.raises(RVCLoraError, match="cut.safetensors"):
+        read_adapter(cut)
+    with pytest.raises(RVCLoraError, match="missing.safetensors"):
+        read_adapter(tmp_path / "missing.safetensors")
+
+
+def test_metadata_is_json_in_the_header(tmp_path):
+    path = save_adapter(tmp_path / "a.safetensors", _tensors(), {"sample_rate": 40000})
+    header_len = int.from_bytes(path.read_bytes()[:8], "little")
+    header = json.loads(path.read_bytes()[8:8 + header_len])
+    assert json.loads(header["__metadata__"]["sample_rate"]) == 40000
+    with pytest.raises(ValueError, match="JSON"):
+        save_adapter(tmp_path / "b.safetensors", _tensors(), {"x": object()})
+
+
+def test_check_fingerprint():
+    assert check_fingerprint("abc", "abc", "a.safetensors", "base.pth")
+    assert check_fingerprint(None, "abc", "a.safetensors", "base.pth")
+    with pytest.raises(RVCLoraError) as err:
+        check_fingerprint("abc", "def", "a.safetensors", "base.pth")
+    assert all(s in str(err.value) for s in ("abc", "def", "a.safetensors", "base.pth"))
+    assert check_fingerprint("abc", "def", "a.safetensors", "base.pth", force=True) is False

@@ -1,0 +1,212 @@
+"""LoRA layers: exact identity when fresh, merge == live forward, bit-exact unmerge, strengths, grads."""
+
+import pytest
+import torch
+from torch import nn
+
+from rvc_lora.lora.layers import LoRAConv1d, LoRAConvTranspose1d, LoRALinear
+
+
+def _randomise(layer, name):
+    """Give an adapter non-zero factors so it changes the output."""
+    with torch.no_grad():
+        for p in (layer.lora_down[name].weight, layer.lora_up[name].weight):
+            p.normal_(0, 0.3)
+
+
+def _rel(a, b):
+    return ((a - b).norm() / b.norm().clamp_min(1e-12)).item()
+
+
+CONV_CASES = [  # (C_in, C_out, K, stride, padding, dilation)
+    (4, 6, 3, 1, 1, 1), (5, 3, 7, 2, 3, 1), (3, 4, 3, 1, 2, 2), (6, 2, 1, 3, 0, 1), (2, 5, 5, 2, 4, 3),
+]
+CONVT_CASES = [  # (C_in, C_out, K, stride, padding, output_padding, dilation)
+    (8, 4, 16, 8, 4, 0, 1), (6, 3, 4, 2, 1, 1, 1), (4, 5, 3, 1, 1, 0, 2), (5, 2, 11, 5, 3, 2, 1),
+    (3, 3, 4, 3, 0, 1, 2),
+]
+
+
+def _conv(case):
+    ci, co, k, s, p, d = case
+    return LoRAConv1d(nn.Conv1d(ci, co, k, s, p, d)), torch.randn(2, ci, 23)
+
+
+def _convt(case):
+    ci, co, k, s, p, op, d = case
+    return LoRAConvTranspose1d(nn.ConvTranspose1d(ci, co, k, s, p, op, dilation=d)), torch.randn(2, ci, 9)
+
+
+def _linear(_):
+    return LoRALinear(nn.Linear(7, 5)), torch.randn(3, 4, 7)
+
+
+ALL = [(_conv, c) for c in CONV_CASES] + [(_convt, c) for c in CONVT_CASES] + [(_linear, None)]
+
+
+@pytest.mark.parametrize("make,case", ALL)
+def test_fresh_adapter_is_exact_identity(make, case):
+    torch.manual_seed(0)
+    layer, x = make(case)
+    ref = layer.base(x)
+    layer.add_adapter("a", rank=3, alpha=6.0)
+    assert torch.equal(layer(x), ref)
+
+
+@pytest.mark.parametrize("make,case", ALL)
+def test_merged_equals_live_and_unmerge_is_bit_exact(make, case):
+    torch.manual_seed(1)
+    layer, x = make(case)
+    layer.add_adapter("a", rank=3, alpha=6.0)
+    layer.add_adapter("b", rank=2, alpha=1.0, rs_lora=True)
+    _randomise(layer, "a")
+    _randomise(layer, "b")
+    layer.set_strength("a", 0.7)
+    layer.set_strength("b", -1.5)
+    w0 = layer.base.weight.detach().clone()
+    b0 = layer.base.bias.detach().clone()
+    live = layer(x)
+    assert _rel(live, layer.base(x)) > 1e-3  # adapters really change the output
+    assert layer.merge() == ["a", "b"]
+    merged = layer(x)
+    assert _rel(merged, live) < 1e-5
+    layer.unmerge()
+    assert torch.equal(layer.base.weight, w0) and torch.equal(layer.base.bias, b0)
+    assert torch.equal(layer(x), live)
+
+
+@pytest.mark.parametrize("make,case", [ALL[0], ALL[len(CONV_CASES)], ALL[-1]])
+def test_delta_weight_matches_functional_difference(make, case):
+    torch.manual_seed(2)
+    layer, x = make(case)
+    layer.add_adapter("a", rank=4, alpha=2.0)
+    _randomise(layer, "a")
+    d = layer.delta_weight("a")
+    assert d.shape == layer.base.weight.shape
+    expected = layer(x) - layer.base(x)
+    got = layer._apply_weight(x, d, None)
+    assert _rel(got, expected) < 1e-5
+
+
+@pytest.mark.parametrize("make,case", [ALL[1], ALL[len(CONV_CASES) + 1], ALL[-1]])
+def test_strengths_act_linearly(make, case):
+    torch.manual_seed(3)
+    layer, x = make(case)
+    layer.add_adapter("a", rank=2)
+    layer.add_adapter("b", rank=3, alpha=1.0)
+    _randomise(layer, "a")
+    _randomise(layer, "b")
+    base = layer.base(x)
+
+    def out(s1, s2):
+        layer.set_strength("a", s1)
+        layer.set_strength("b", s2)
+        return layer(x)
+
+    a1 = out(1.0, 0.0) - base
+    a2 = out(0.0, 1.0) - base
+    combo = out(0.3, -2.0) - base
+    assert _rel(combo, 0.3 * a1 - 2.0 * a2) < 1e-5
+    # the same holds for the merged weight
+    layer.merge()
+    assert _rel(layer(x) - base, 0.3 * a1 - 2.0 * a2) < 1e-4
+
+
+def test_only_lora_params_get_gradients():
+    torch.manual_seed(4)
+    layer = LoRAConvTranspose1d(nn.ConvTranspose1d(4, 3, 4, 2, 1))
+    layer.add_adapter("a", rank=2)
+    layer(torch.randn(1, 4, 5)).square().sum().backward()
+    assert layer.base.weight.grad is None and layer.base.bias.grad is None
+    assert layer.lora_up["a"].weight.grad is not None
+    assert layer.lora_up["a"].weight.grad.abs().sum() > 0
+
+
+def test_disable_and_strength_on_merged_adapter_remerge():
+    torch.manual_seed(5)
+    layer, x = _conv(CONV_CASES[0])
+    layer.add_adapter("a", rank=2)
+    _randomise(layer, "a")
+    base = layer.base(x).detach()
+    w0 = layer.base.weight.detach().clone()
+    live = layer(x).detach()
+    layer.merge()
+    layer.set_strength("a", 2.0)  # re-merged with the new strength
+    assert _rel(layer(x) - base, 2 * (live - base)) < 1e-5
+    layer.disable("a")
+    assert torch.equal(layer.base.weight, w0)
+    assert torch.equal(layer(x), base)
+
+
+def test_diff_adapter_live_and_merged():
+    torch.manual_seed(6)
+    layer, x = _convt(CONVT_CASES[1])
+    diff = torch.randn_like(layer.base.weight) * 0.1
+    bias = torch.randn(layer.base.out_channels) * 0.1
+    tuned = nn.ConvTranspose1d(6, 3, 4, 2, 1, 1)
+    with torch.no_grad():
+        tuned.weight.copy_(layer.base.weight + 0.5 * diff)
+        tuned.bias.copy_(layer.base.bias + 0.5 * bias)
+    layer.set_diff("d", diff, bias)
+    layer.set_strength("d", 0.5)
+    assert _rel(layer(x), tuned(x)) < 1e-5
+    layer.merge()
+    assert _rel(layer(x), tuned(x)) < 1e-5
+
+
+def test_convtranspose_output_size_is_honoured():
+    torch.manual_seed(7)
+    layer = LoRAConvTranspose1d(nn.ConvTranspose1d(3, 2, 4, 2, 1))
+    layer.add_adapter("a", rank=2)
+    _randomise(layer, "a")
+    layer.set_diff("d", torch.randn_like(layer.base.weight))
+    y = layer(torch.randn(1, 3, 5), output_size=[11])
+    assert y.shape == (1, 2, 11)
+
+
+def test_merge_keeps_dtype():
+    layer = LoRAConv1d(nn.Conv1d(3, 4, 3).to(torch.bfloat16))
+    layer.add_adapter("a", rank=2)
+    _randomise(layer, "a")
+    layer.merge()
+    assert layer.base.weight.dtype == torch.bfloat16
+
+
+@pytest.mark.parametrize("base,match", [
+    (nn.Conv1d(4, 4, 3, groups=2), "groups"),
+    (nn.Conv1d(4, 4, 3, padding=1, padding_mode="reflect"), "padding_mode"),
+    (nn.ConvTranspose1d(4, 4, 3, groups=4), "groups"),
+])
+def test_unsupported_convs_are_refused_naming_module(base, match):
+    cls = LoRAConv1d if isinstance(base, nn.Conv1d) else LoRAConvTranspose1d
+    with pytest.raises(ValueError, match=match) as err:
+        cls(base, name="dec.ups.0")
+    assert "dec.ups.0" in str(err.value)
+
+
+def test_set_factors_checks_shapes_and_scale():
+    torch.manual_seed(8)
+    layer, x = _conv(CONV_CASES[1])  # Conv1d(5 -> 3, K=7)
+    down, up = torch.randn(2, 5, 7), torch.randn(3, 2)  # up without its trailing 1x1 dim
+    layer.set_factors("f", down, up, alpha=4.0)
+    expected = torch.einsum("oj,jik->oik", up, down) * 2.0
+    assert torch.allclose(layer.delta_weight("f"), expected, atol=1e-6)
+    with pytest.raises(ValueError, match="lora_up"):
+        layer.set_factors("g", down, torch.randn(4, 2, 1))
+    assert "g" not in layer.adapter_names
+
+
+def test_delete_merged_adapter_keeps_others_merged():
+    torch.manual_seed(9)
+    layer, x = _linear(None)
+    layer.add_adapter("a", 2)
+    layer.add_adapter("b", 2)
+    _randomise(layer, "a")
+    _randomise(layer, "b")
+    layer.disable("a")
+    only_b = layer(x).detach()
+    layer.enable("a")
+    layer.merge()
+    layer.delete_adapter("a")
+    assert layer.merged.keys() == {"b"}
+    assert _rel(layer(x), only_b) < 1e-5
