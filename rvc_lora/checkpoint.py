@@ -212,12 +212,15 @@ def _generator_spec_from_state(state: dict[str, torch.Tensor], path: Path) -> tu
     )
 
 
-def _discriminator_version(state: dict[str, torch.Tensor], path: Path) -> str:
+def _discriminator_spec(state: dict[str, torch.Tensor], path: Path) -> tuple[str, int]:
+    """(version, width divisor) of a discriminator state dict: 7 sub-discriminators = v1, 9 = v2."""
     indices = {int(m.group(1)) for k in state if (m := re.match(r"discriminators\.(\d+)\.", k))}
     version = {7: "v1", 9: "v2"}.get(len(indices))
     if version is None:
         raise RVCLoraError(f"{path}: {len(indices)} sub-discriminators: expected 7 (v1) or 9 (v2)")
-    return version
+    first = state.get("discriminators.0.convs.0.weight_v")
+    divisor = 16 // int(first.shape[0]) if first is not None and int(first.shape[0]) in (1, 2, 4, 8, 16) else 1
+    return version, divisor
 
 
 def _sample_rate_from(value: Any) -> int:
@@ -244,8 +247,8 @@ def load_rvc(path: str | Path, strict: bool = True) -> RVCCheckpoint:
     info = str(obj.get("info", ""))
 
     if any(k.startswith("discriminators.") for k in state):
-        version = _discriminator_version(state, path)
-        model = build_discriminator(version)
+        version, divisor = _discriminator_spec(state, path)
+        model = build_discriminator(version, divisor)
         missing, unexpected = _strict_load(model, state, path, strict, drop_enc_q=False)
         return RVCCheckpoint(
             path, fmt, "discriminator", model.eval(), version, None, None, None, info, dtype, extra,

@@ -75,6 +75,77 @@ def cmd_extract(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_assets(args: argparse.Namespace) -> int:
+    """List or download named assets (HuBERT, RMVPE, pretrained bases) into the cache."""
+    from rvc_lora.assets import asset_path, default_cache_dir, download_asset, list_assets
+
+    if args.action == "list":
+        print(f"cache: {args.cache_dir or default_cache_dir()}")
+        for asset in list_assets():
+            cached = asset_path(asset.name, args.cache_dir)
+            print(f"  {asset.name:<24}{'cached' if cached else '':<8}{asset.description}")
+        return 0
+    if not args.names:
+        raise RVCLoraError("name at least one asset to download (see `rvc-lora assets list`)")
+    for name in args.names:
+        path = download_asset(name, cache_dir=args.cache_dir, force=args.force)
+        print(f"{name}: {path}")
+    return 0
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    """Turn a folder of recordings into an experiment folder (Hydra overrides)."""
+    from rvc_lora.config import load_config
+    from rvc_lora.prepare import run_prepare
+
+    cfg = load_config(args.overrides)
+    report = run_prepare(cfg)
+    if report.rank == 0:  # under torchrun, other ranks only hold their share
+        print(report.format_table())
+    return 0
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    """Train a speaker adapter from a recipe (Hydra overrides)."""
+    from rvc_lora.config import load_config
+    from rvc_lora.train import run_training
+
+    cfg = load_config(args.overrides)
+    result = run_training(cfg)
+    for warning in result.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
+    if result.interrupted:
+        print(f"interrupted at step {result.steps}: checkpoint saved in {result.run_dir}; "
+              "re-run the same command to resume")
+        return 130
+    print(f"trained {result.steps} steps ({result.stop_reason}); run folder: {result.run_dir}")
+    for label, path in (("adapter", result.adapter_path), ("best adapter", result.best_adapter_path),
+                        ("merged RVC model", result.merged_path)):
+        if path:
+            print(f"  {label + ':':<18}{path}")
+    for path in result.base_paths:
+        print(f"  {'full model:':<18}{path}")
+    for path in result.index_paths:
+        print(f"  {'index:':<18}{path}")
+    print(f"  {'TensorBoard:':<18}rvc-lora tensorboard {result.run_dir}")
+    return 0
+
+
+def cmd_tensorboard(args: argparse.Namespace) -> int:
+    """Serve a run's TensorBoard logs until Ctrl-C."""
+    from rvc_lora.train import launch_tensorboard
+
+    logdir = Path(args.run_dir)
+    if not logdir.exists():
+        raise RVCLoraError(f"{logdir}: run folder not found")
+    process = launch_tensorboard(logdir, port=args.port, host=args.host)
+    print(f"TensorBoard for {logdir}: http://{args.host}:{args.port}/ (Ctrl-C to stop)")
+    try:
+        return process.wait()
+    finally:
+        process.terminate()
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="rvc-lora",
@@ -86,6 +157,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file")
     p.add_argument("--partial", action="store_true", help="load even if keys are missing or unexpected")
     p.set_defaults(func=cmd_inspect)
+
+    p = sub.add_parser("prepare", help="prepare a folder of recordings for training (Hydra overrides)")
+    p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME data.input_dir=... pitch.method=fcpe")
+    p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("train", help="train a speaker adapter (Hydra overrides)")
+    p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME trainer.max_steps=2000 lora=hq")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("tensorboard", help="show a run's TensorBoard logs")
+    p.add_argument("run_dir")
+    p.add_argument("--port", type=int, default=6006)
+    p.add_argument("--host", default="localhost", help="interface to listen on (0.0.0.0 for all)")
+    p.set_defaults(func=cmd_tensorboard)
+
+    p = sub.add_parser("assets", help="list or download HuBERT, RMVPE and pretrained bases")
+    p.add_argument("action", choices=["list", "download"])
+    p.add_argument("names", nargs="*", help="asset names, e.g. hubert rmvpe pretrained-v2-f0G40k")
+    p.add_argument("--cache-dir", help="default: $RVC_LORA_HOME/assets or ~/.cache/rvc-lora/assets")
+    p.add_argument("--force", action="store_true", help="download again even if cached")
+    p.set_defaults(func=cmd_assets)
 
     p = sub.add_parser("merge", help="merge adapters into a base, writing a standard RVC model")
     p.add_argument("--base", required=True, help="base RVC model (small model or pretrained G)")
@@ -122,6 +214,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("rvc-lora: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # output piped into e.g. `head`
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

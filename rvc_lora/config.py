@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from rvc_lora.utils import RVCLoraError
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CONF_DIR = Path(os.environ.get("RVC_LORA_CONF", REPO_ROOT / "conf"))
 RECIPES_DIR = REPO_ROOT / "recipes"
+_HYDRA_LOCK = threading.Lock()  # Hydra's composition state is process-global
 
 
 def find_recipe(name: str) -> Path:
@@ -33,6 +35,21 @@ def find_recipe(name: str) -> Path:
         f"recipe {name!r} not found (looked for a file, ./recipes/{name}.yaml and {RECIPES_DIR}/{name}.yaml); "
         f"available: {', '.join(known) or 'none'}"
     )
+
+
+ASSET_PREFIX = "asset:"
+ASSET_KEYS = ("base.g", "base.d", "content.path", "pitch.rmvpe_path")
+
+
+def resolve_asset_references(cfg: DictConfig) -> DictConfig:
+    """Replace ``asset:NAME`` values of model-file keys by the cached file, downloading it if needed."""
+    for key in ASSET_KEYS:
+        value = OmegaConf.select(cfg, key)
+        if isinstance(value, str) and value.startswith(ASSET_PREFIX):
+            from rvc_lora.assets import download_asset
+
+            OmegaConf.update(cfg, key, str(download_asset(value[len(ASSET_PREFIX):])))
+    return cfg
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
@@ -54,9 +71,9 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
                 overrides[i] = f"recipe={source.stem}"
                 overrides.append(f"hydra.searchpath=[file://{tmp}]")
         try:
-            with initialize_config_dir(str(CONF_DIR.resolve()), version_base="1.3"):
+            with _HYDRA_LOCK, initialize_config_dir(str(CONF_DIR.resolve()), version_base="1.3"):
                 cfg = compose("config", overrides=overrides)
             OmegaConf.resolve(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
             raise RVCLoraError(f"invalid configuration: {str(exc).strip().splitlines()[0]}") from None
-    return cfg
+    return resolve_asset_references(cfg)

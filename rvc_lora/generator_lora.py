@@ -43,10 +43,20 @@ OPTIONAL_GENERATOR_TARGETS = ("conv_pre", "conv_post", "noise_convs.*", "cond")
 FLOW_TARGETS = ("flows.*.pre", "flows.*.post", "flows.*.enc.in_layers.*", "flows.*.enc.res_skip_layers.*")
 ENC_P_TARGETS = ("encoder.attn_layers.*", "encoder.ffn_layers.*")
 PART_PREFIXES = ("dec.", "flow.", "enc_p.")
+EMBEDDING_DIFF_KEY = "emb_g.diff"  # a trained speaker row: the full [speakers, gin] delta, zero elsewhere
 
 
 def _module_of(key: str) -> str:
+    """Module path of a state-dict key (``dec.ups.0.weight_g`` -> ``dec.ups.0``)."""
     return key.rsplit(".", 1)[0]
+
+
+def _adapter_module(key: str) -> str:
+    """Module path of an adapter-file key (``dec.ups.0.lora_down.weight`` -> ``dec.ups.0``)."""
+    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha", ".diff_b", ".diff"):
+        if key.endswith(suffix):
+            return key[: -len(suffix)]
+    return _module_of(key)
 
 
 class AdapterHost:
@@ -65,6 +75,9 @@ class AdapterHost:
             for key, value in module.state_dict().items():
                 self._base_state[prefix + key] = value.detach().to("cpu", torch.float16, copy=True)
         self.adapters: dict[str, dict[str, Any]] = {}
+        self.embedding: nn.Embedding | None = None  # set by hosts that also own the speaker embedding
+        self._embedding_base: torch.Tensor | None = None
+        self._embedding_deltas: dict[str, tuple[torch.Tensor, float]] = {}
 
     # -- creating and loading adapters ---------------------------------------------------------------
     def add(self, prefix: str, config: LoRAConfig, adapter_name: str = "default") -> list[str]:
@@ -99,6 +112,14 @@ class AdapterHost:
         name = adapter_name or f"adapter{len(self.adapters)}"
         if name in self.adapters:
             raise RVCLoraError(f"an adapter named {name!r} is already loaded")
+        tensors = dict(tensors)
+        speaker_diff = tensors.pop(EMBEDDING_DIFF_KEY, None)
+        if speaker_diff is not None and self.embedding is None:
+            raise RVCLoraError(f"{label}: carries a trained speaker row ({EMBEDDING_DIFF_KEY}); load it onto a "
+                               "whole synthesizer (SynthesizerLoRA), not a generator alone")
+        if speaker_diff is not None and tuple(speaker_diff.shape) != tuple(self.embedding.weight.shape):
+            raise RVCLoraError(f"{label}: {EMBEDDING_DIFF_KEY} has shape {tuple(speaker_diff.shape)} but the base's "
+                               f"speaker embedding is {tuple(self.embedding.weight.shape)}")
         by_prefix: dict[str, dict[str, torch.Tensor]] = {}
         for key, value in tensors.items():
             prefix = next((p for p in self.parts if key.startswith(p)), None)
@@ -108,8 +129,7 @@ class AdapterHost:
                     f"{', '.join(self.parts)})"
                 )
             by_prefix.setdefault(prefix, {})[key] = value
-        modules = sorted({_module_of(k) for k in tensors if not k.endswith((".lora_down.weight", ".lora_up.weight"))}
-                         | {k[: -len(".lora_down.weight")] for k in tensors if k.endswith(".lora_down.weight")})
+        modules = sorted({_adapter_module(k) for k in tensors})
         check_fingerprint(metadata.get("base_fingerprint"), self.fingerprint(modules), label,
                           self.info.get("base_desc", "this base"), force=force)
         loaded: list[str] = []
@@ -120,7 +140,23 @@ class AdapterHost:
                 raise RVCLoraError(f"{label}: {exc}") from None
             loaded += [prefix + p for p in paths]
         self.adapters[name] = {"modules": loaded, "configs": {}, "metadata": metadata, "strength": strength}
+        if speaker_diff is not None:
+            self._embedding_deltas[name] = (speaker_diff.float(), strength)
+            self._apply_embedding_deltas()
         return name
+
+    def _apply_embedding_deltas(self) -> None:
+        """Speaker-row deltas are small: they live in the embedding weight (base + sum strength * diff)."""
+        if self.embedding is None:
+            return
+        weight = self.embedding.weight
+        if self._embedding_base is None:
+            self._embedding_base = weight.detach().clone()
+        total = self._embedding_base.clone()
+        for diff, strength in self._embedding_deltas.values():
+            total += strength * diff.to(total)
+        with torch.no_grad():
+            weight.copy_(total)
 
     # -- state -------------------------------------------------------------------------------------------
     def lora_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
@@ -186,6 +222,9 @@ class AdapterHost:
     def set_strength(self, adapter_name: str, strength: float) -> None:
         for module in self.parts.values():
             set_adapter_strength(module, adapter_name, strength)
+        if adapter_name in self._embedding_deltas:
+            self._embedding_deltas[adapter_name] = (self._embedding_deltas[adapter_name][0], strength)
+            self._apply_embedding_deltas()
 
     def merge(self) -> None:
         for module in self.parts.values():
@@ -211,6 +250,8 @@ class AdapterHost:
                 if adapter_name in layer.kind:
                     layer.delete_adapter(adapter_name)
         self.adapters.pop(adapter_name, None)
+        if self._embedding_deltas.pop(adapter_name, None) is not None:
+            self._apply_embedding_deltas()
 
     def merge_and_unload_parts(self) -> None:
         for prefix, module in list(self.parts.items()):
@@ -277,6 +318,7 @@ class SynthesizerLoRA(AdapterHost):
             info["base_desc"] = base_desc
         super().__init__({"dec.": synth.dec, "flow.": synth.flow, "enc_p.": synth.enc_p}, info)
         self.synth = synth
+        self.embedding = synth.emb_g if isinstance(synth.emb_g, nn.Embedding) else None
         if config is None:
             return
         targets = config.targets or GENERATOR_TARGETS

@@ -7,8 +7,10 @@ import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 
 class RVCLoraError(Exception):
@@ -37,6 +39,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[Path]:
 
 def resolve_device(device: str = "auto") -> torch.device:
     """Turn ``"auto"`` into the best available device (CUDA, then MPS, then CPU); pass others through."""
+    import torch
+
     if device != "auto":
         return torch.device(device)
     if torch.cuda.is_available():

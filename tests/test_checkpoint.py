@@ -217,3 +217,13 @@ def test_cli_reports_bad_file_without_traceback(tmp_path: Path, capsys):
     bad.write_bytes(b"\x00" * 10)
     assert main(["inspect", str(bad)]) == 2
     assert "x.pth" in capsys.readouterr().err
+
+
+def test_narrow_discriminator_round_trips_through_pretrained_layout(tmp_path: Path):
+    disc = build_discriminator("v1", divisor=16)
+    assert sum(p.numel() for p in disc.parameters()) < 300_000  # RVC's v1 discriminator has 54.97M
+    path = save_pretrained(disc, tmp_path / "D.pth", dtype=torch.float32)
+    loaded = load_rvc(path)
+    assert loaded.kind == "discriminator" and loaded.model.divisor == 16
+    for key, value in disc.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key

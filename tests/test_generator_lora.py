@@ -232,3 +232,26 @@ def test_extract_command_prints_table_and_energy_mode(fixture_model_path: Path, 
     assert "dec.ups.0" in text and "rel. error" in text and "total" in text
     assert main(["inspect", str(out)]) == 0
     assert "fingerprint" in capsys.readouterr().out
+
+
+def test_trained_speaker_row_is_applied_with_strength_and_removed_exactly(fixture_model_path: Path, tmp_path: Path):
+    synth = load_rvc(fixture_model_path).model
+    lora = SynthesizerLoRA(synth, LoRAConfig(rank=2))
+    _randomize(lora)
+    tensors = lora.adapter_state_dict()
+    diff = torch.zeros_like(synth.emb_g.weight)
+    diff[1] = 0.5
+    tensors["emb_g.diff"] = diff
+    from rvc_lora.lora import save_adapter
+
+    path = save_adapter(tmp_path / "spk.safetensors", tensors, lora.metadata(), dtype="fp32")
+    target = load_rvc(fixture_model_path).model
+    original = target.emb_g.weight.detach().clone()
+    host = SynthesizerLoRA(target)
+    host.load_adapter(path, strength=0.5, adapter_name="v")
+    assert torch.allclose(target.emb_g.weight[1], original[1] + 0.25)
+    assert torch.equal(target.emb_g.weight[0], original[0])
+    host.remove_adapter("v")
+    assert torch.equal(target.emb_g.weight, original)
+    with pytest.raises(RVCLoraError, match="speaker row"):
+        GeneratorLoRA(load_rvc(fixture_model_path).model.dec).load_adapter(path)

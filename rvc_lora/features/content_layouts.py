@@ -41,7 +41,7 @@ class HubertSpec:
     """Sizes of a HuBERT-style encoder plus the RVC-relevant extras (final_proj, input normalisation)."""
 
     conv_layers: list[tuple[int, int, int]] = field(
-        default_factory=lambda: [(512, k, s) for k, s in zip(HUBERT_CONV_KERNELS, HUBERT_CONV_STRIDES)]
+        default_factory=lambda: [(512, k, s) for k, s in zip(HUBERT_CONV_KERNELS, HUBERT_CONV_STRIDES, strict=True)]
     )
     conv_norm: str = "group_norm"  # "group_norm" (first conv only) or "layer_norm" (every conv)
     conv_bias: bool = False
@@ -258,7 +258,7 @@ def infer_spec(state: dict[str, torch.Tensor], hints: Hints, source: str = "chec
         strides = list(HUBERT_CONV_STRIDES)
     if len(strides) != len(conv_weights):
         raise RVCLoraError(f"{source}: config lists {len(strides)} conv layers, weights have {len(conv_weights)}")
-    conv_layers = [(int(w.shape[0]), int(w.shape[2]), int(s)) for w, s in zip(conv_weights, strides)]
+    conv_layers = [(int(w.shape[0]), int(w.shape[2]), int(s)) for w, s in zip(conv_weights, strides, strict=True)]
 
     norms = [f"feature_extractor.conv_layers.{i}.layer_norm.weight" in state for i in range(len(conv_weights))]
     if all(norms):

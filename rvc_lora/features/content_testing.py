@@ -29,7 +29,7 @@ from rvc_lora.utils import RVCLoraError, atomic_write
 SIZES: dict[str, HubertSpec] = {
     "base": HubertSpec(),
     "tiny": HubertSpec(
-        conv_layers=[(32, k, s) for k, s in zip(HUBERT_CONV_KERNELS, HUBERT_CONV_STRIDES)],
+        conv_layers=[(32, k, s) for k, s in zip(HUBERT_CONV_KERNELS, HUBERT_CONV_STRIDES, strict=True)],
         embed_dim=64,
         num_layers=12,
         num_heads=2,

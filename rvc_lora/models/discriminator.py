@@ -29,10 +29,18 @@ PERIODS_V1 = (2, 3, 5, 7, 11, 17)
 PERIODS_V2 = (2, 3, 5, 7, 11, 17, 23, 37)
 
 
-class DiscriminatorS(nn.Module):
-    """1-D discriminator on the raw waveform ``[B, 1, T]``."""
+def _narrow(channels: int, divisor: int) -> int:
+    return channels if channels == 1 else max(1, channels // divisor)
 
-    def __init__(self) -> None:
+
+class DiscriminatorS(nn.Module):
+    """1-D discriminator on the raw waveform ``[B, 1, T]``.
+
+    ``divisor`` > 1 narrows every hidden layer (and its groups) by that factor: RVC uses 1; smaller
+    discriminators serve tiny demo and test models.
+    """
+
+    def __init__(self, divisor: int = 1) -> None:
         super().__init__()
         specs = [  # (in, out, kernel, stride, groups, padding)
             (1, 16, 15, 1, 1, 7),
@@ -43,9 +51,11 @@ class DiscriminatorS(nn.Module):
             (1024, 1024, 5, 1, 1, 2),
         ]
         self.convs = nn.ModuleList(
-            weight_norm(nn.Conv1d(i, o, k, s, groups=g, padding=p)) for i, o, k, s, g, p in specs
+            weight_norm(nn.Conv1d(_narrow(i, divisor), _narrow(o, divisor), k, s, groups=max(1, g // divisor),
+                                  padding=p))
+            for i, o, k, s, g, p in specs
         )
-        self.conv_post = weight_norm(nn.Conv1d(1024, 1, 3, 1, padding=1))
+        self.conv_post = weight_norm(nn.Conv1d(_narrow(1024, divisor), 1, 3, 1, padding=1))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x ``[B, 1, T]`` -> (scores ``[B, N]``, feature maps)."""
@@ -61,17 +71,17 @@ class DiscriminatorS(nn.Module):
 class DiscriminatorP(nn.Module):
     """2-D discriminator on the waveform folded by ``period``: ``[B, 1, T] -> [B, 1, T/p, p]``."""
 
-    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3) -> None:
+    def __init__(self, period: int, kernel_size: int = 5, stride: int = 3, divisor: int = 1) -> None:
         super().__init__()
         self.period = period
         pad = (kernel_size - 1) // 2
-        chans = [1, 32, 128, 512, 1024]
+        chans = [_narrow(c, divisor) for c in (1, 32, 128, 512, 1024)]
         convs = [
             nn.Conv2d(chans[i], chans[i + 1], (kernel_size, 1), (stride, 1), padding=(pad, 0)) for i in range(4)
         ]
-        convs.append(nn.Conv2d(1024, 1024, (kernel_size, 1), 1, padding=(pad, 0)))
+        convs.append(nn.Conv2d(chans[4], chans[4], (kernel_size, 1), 1, padding=(pad, 0)))
         self.convs = nn.ModuleList(weight_norm(c) for c in convs)
-        self.conv_post = weight_norm(nn.Conv2d(1024, 1, (3, 1), 1, padding=(1, 0)))
+        self.conv_post = weight_norm(nn.Conv2d(chans[4], 1, (3, 1), 1, padding=(1, 0)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """x ``[B, 1, T]`` -> (scores ``[B, N]``, feature maps); T is reflect-padded to a multiple of p."""
@@ -93,10 +103,13 @@ class DiscriminatorP(nn.Module):
 class MultiPeriodDiscriminator(nn.Module):
     """[DiscriminatorS] + one DiscriminatorP per period, keys ``discriminators.{i}.*``."""
 
-    def __init__(self, periods: Sequence[int] = PERIODS_V1) -> None:
+    def __init__(self, periods: Sequence[int] = PERIODS_V1, divisor: int = 1) -> None:
         super().__init__()
         self.periods = tuple(periods)
-        self.discriminators = nn.ModuleList([DiscriminatorS(), *(DiscriminatorP(p) for p in self.periods)])
+        self.divisor = divisor
+        self.discriminators = nn.ModuleList(
+            [DiscriminatorS(divisor), *(DiscriminatorP(p, divisor=divisor) for p in self.periods)]
+        )
 
     def forward(
         self, y: torch.Tensor, y_hat: torch.Tensor
@@ -113,10 +126,15 @@ class MultiPeriodDiscriminator(nn.Module):
         return real_outs, fake_outs, real_fmaps, fake_fmaps
 
 
-def build_discriminator(version: str) -> MultiPeriodDiscriminator:
-    """RVC's discriminator for ``version`` "v1" (6 periods) or "v2" (8 periods)."""
+def build_discriminator(version: str, divisor: int = 1) -> MultiPeriodDiscriminator:
+    """RVC's discriminator for ``version`` "v1" (6 periods) or "v2" (8 periods).
+
+    ``divisor`` narrows the hidden channels (1 = RVC's sizes, the only width pretrained files have).
+    """
+    if divisor < 1:
+        raise ValueError(f"discriminator divisor must be >= 1, got {divisor}")
     if version == "v1":
-        return MultiPeriodDiscriminator(PERIODS_V1)
+        return MultiPeriodDiscriminator(PERIODS_V1, divisor)
     if version == "v2":
-        return MultiPeriodDiscriminator(PERIODS_V2)
+        return MultiPeriodDiscriminator(PERIODS_V2, divisor)
     raise ValueError(f"unknown RVC version {version!r}; expected 'v1' or 'v2'")

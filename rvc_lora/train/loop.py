@@ -57,6 +57,7 @@ class TrainResult:
     adapter_path: Path | None = None
     merged_path: Path | None = None
     best_adapter_path: Path | None = None
+    base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
     index_paths: list[Path] = field(default_factory=list)
     best_step: int | None = None
     best_val_loss: float | None = None
@@ -279,7 +280,7 @@ class Trainer:
             out["grad_norm/d"] = self._grad_norm(list(self.disc.parameters()))
             self.scaler.step(self.optim_d)
             stepped = True
-            out["loss/d/total"] = float(loss_d)
+            out["loss/d/total"] = loss_d.item()
 
         loss_mel = mel_l1(mel_real, mel_fake) * float(t.c_mel)
         loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(t.c_kl)
@@ -296,7 +297,7 @@ class Trainer:
             loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
             loss_adv = generator_adversarial_loss(fake_outs)
             total = total + loss_fm + loss_adv
-            out["loss/g/fm"], out["loss/g/adv"] = float(loss_fm), float(loss_adv)
+            out["loss/g/fm"], out["loss/g/adv"] = loss_fm.item(), loss_adv.item()
         if not self._finite(total):
             if stepped:
                 self.scaler.update()
@@ -311,7 +312,7 @@ class Trainer:
         if self.ema is not None:
             self.ema.update()
         self.consecutive_bad = 0
-        out.update({"loss/g/total": float(total), "loss/g/mel": float(loss_mel), "loss/g/kl": float(loss_kl)})
+        out.update({"loss/g/total": total.item(), "loss/g/mel": loss_mel.item(), "loss/g/kl": loss_kl.item()})
         self._last_mels = (mel_real[0].detach(), mel_fake[0].detach())
         return out
 

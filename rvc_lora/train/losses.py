@@ -14,7 +14,7 @@ __all__ = ["discriminator_loss", "feature_matching_loss", "generator_adversarial
 def discriminator_loss(real_outs: list[torch.Tensor], fake_outs: list[torch.Tensor]) -> torch.Tensor:
     """LSGAN discriminator loss: sum over sub-discriminators of mean((1 - D(real))^2) + mean(D(fake)^2)."""
     total = torch.zeros((), device=real_outs[0].device)
-    for real, fake in zip(real_outs, fake_outs):
+    for real, fake in zip(real_outs, fake_outs, strict=True):
         total = total + torch.mean((1.0 - real.float()) ** 2) + torch.mean(fake.float() ** 2)
     return total
 
@@ -30,8 +30,8 @@ def generator_adversarial_loss(fake_outs: list[torch.Tensor]) -> torch.Tensor:
 def feature_matching_loss(real_fmaps: list[list[torch.Tensor]], fake_fmaps: list[list[torch.Tensor]]) -> torch.Tensor:
     """2 * sum over sub-discriminators and layers of mean |fmap_real (detached) - fmap_fake|."""
     total = torch.zeros((), device=real_fmaps[0][0].device)
-    for real_layers, fake_layers in zip(real_fmaps, fake_fmaps):
-        for real, fake in zip(real_layers, fake_layers):
+    for real_layers, fake_layers in zip(real_fmaps, fake_fmaps, strict=True):
+        for real, fake in zip(real_layers, fake_layers, strict=True):
             total = total + torch.mean(torch.abs(real.detach().float() - fake.float()))
     return 2.0 * total
 

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from rvc_lora.checkpoint import save_rvc
+from rvc_lora.checkpoint import save_pretrained, save_rvc
 from rvc_lora.lora import save_adapter
 
 if TYPE_CHECKING:
@@ -75,4 +75,10 @@ def export_run(trainer: Trainer, result: TrainResult) -> None:
         result.merged_path = save_rvc(merged, run_dir / "merged.pth", info=info)
     else:
         result.merged_path = save_rvc(synth, run_dir / "merged.pth", info=info + " (full fine-tune)")
+        # The whole model in RVC's pretrained layout, usable as a base for adapters (or further training).
+        meta = {"config": list(synth.config), "version": synth.version, "f0": int(synth.f0),
+                "sr": f"{int(synth.sample_rate) // 1000}k"}
+        result.base_paths = [save_pretrained(synth, run_dir / "G_full.pth", dtype=torch.float32, **meta)]
+        if trainer.disc is not None:
+            result.base_paths.append(save_pretrained(trainer.disc, run_dir / "D_full.pth", dtype=torch.float32))
     result.index_paths = [link_or_copy(p, run_dir / p.name) for p in trainer.layout.index_files()]

@@ -72,6 +72,8 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
                                   speaker_id)
     # config[1] in RVC files is a placeholder; the training window comes from the mel settings.
     synth.segment_frames = mel_settings(base.version, base.sample_rate).segment_frames
+    if cfg.trainer.get("segment_frames"):
+        synth.segment_frames = int(cfg.trainer.segment_frames)
     synth.dec.gradient_checkpointing = bool(cfg.trainer.gradient_checkpointing)
 
     adapters = None
@@ -116,7 +118,7 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
                 message += " (and trainer.discriminator=frozen keeps that random discriminator fixed)"
             log.warning(message)
             warnings.append(message)
-            disc = build_discriminator(base.version)
+            disc = build_discriminator(base.version, int(cfg.model.get("discriminator_divisor", 1) or 1))
         disc.to(device).train()
         for p in disc.parameters():
             p.requires_grad_(mode != "frozen")

@@ -57,13 +57,13 @@ class ParameterEMA:
 
     @torch.no_grad()
     def update(self) -> None:
-        for s, p in zip(self.shadow, self.params):
+        for s, p in zip(self.shadow, self.params, strict=True):
             s.lerp_(p.detach(), 1.0 - self.decay)
 
     @torch.no_grad()
     def swap(self) -> None:
         """Exchange live weights and the average (call twice to restore)."""
-        for s, p in zip(self.shadow, self.params):
+        for s, p in zip(self.shadow, self.params, strict=True):
             tmp = p.detach().clone()
             p.copy_(s)
             s.copy_(tmp)
@@ -72,5 +72,5 @@ class ParameterEMA:
         return [s.detach().cpu() for s in self.shadow]
 
     def load_state_dict(self, tensors: list[torch.Tensor]) -> None:
-        for s, t in zip(self.shadow, tensors):
+        for s, t in zip(self.shadow, tensors, strict=True):
             s.copy_(t)

@@ -1,0 +1,234 @@
+"""``Converter``: an RVC model (optionally plus LoRA adapters) ready to convert audio, with fast adapter swaps.
+
+The synthesizer is loaded once; weight norm in the generator and the flow is folded into plain weights
+at load (no weight-norm hooks on the hot path). Adapters are merged with their strengths into those
+plain weights (no LoRA wrappers on the hot path either); ``set_adapters`` rewrites the adapted weights
+from a kept copy of the folded base, so a swap costs one pass over them instead of a model reload.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rvc_lora.checkpoint import load_rvc
+from rvc_lora.generator_lora import SynthesizerLoRA
+from rvc_lora.infer.adapters import AdapterMerger
+from rvc_lora.infer.pipeline import (
+    SAMPLE_RATE,
+    ConvertOptions,
+    PipelineConstants,
+    PipelineModels,
+    StageTimes,
+    convert_audio,
+    default_constants,
+)
+from rvc_lora.lora import fold_all_weight_norm
+from rvc_lora.utils import RVCLoraError, resolve_device
+
+AdapterSpec = str | os.PathLike | tuple[str | os.PathLike, float]
+CONTENT_DIMS = {"v1": 256, "v2": 768}
+OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
+
+
+class _Host(SynthesizerLoRA):
+    """SynthesizerLoRA whose base fingerprints are cached (the base never changes under a Converter)."""
+
+    def __init__(self, synth: torch.nn.Module, base_desc: str):
+        super().__init__(synth, base_desc=base_desc)
+        self._fingerprints: dict[frozenset[str], str] = {}
+
+    def fingerprint(self, module_paths: Iterable[str]) -> str:
+        key = frozenset(module_paths)
+        if key not in self._fingerprints:
+            self._fingerprints[key] = super().fingerprint(key)
+        return self._fingerprints[key]
+
+
+def _adapter_list(adapters: Iterable[AdapterSpec] | None) -> list[tuple[Path, float]]:
+    from rvc_lora.merge import parse_adapter_spec
+
+    out = []
+    for item in adapters or ():
+        if isinstance(item, tuple):
+            path, strength = item
+            out.append((Path(path), float(strength)))
+        else:
+            out.append(parse_adapter_spec(str(item)))
+    return out
+
+
+class Converter:
+    """Voice conversion with an RVC small model (any RVC / Applio / rvc-lora file) and optional adapters.
+
+    Args:
+        model: RVC model file (small model, pretrained G or training G checkpoint).
+        hubert: content encoder checkpoint (RVC's ``hubert_base.pt`` or a HF HuBERT folder).
+        adapters: adapter files, as paths, ``"file.safetensors:0.7"`` strings or ``(path, strength)``.
+        index: faiss index file for retrieval (or None).
+        device: "auto" (CUDA, MPS, CPU), or any torch device string.
+        half: fp16 synthesizer and content model; None = fp16 on CUDA only.
+        f0_method: pitch method (default "rmvpe" if ``rmvpe`` is given, else "fcpe").
+        rmvpe: RVC's ``rmvpe.pt`` (for f0_method "rmvpe").
+        force: apply adapters whose base fingerprint does not match this model.
+        constants: window constants (default: RVC's fp16 or fp32 set, by ``half``).
+
+    Attributes: ``sample_rate`` (model rate), ``version``, ``f0``, ``n_speakers``, ``device``, ``dtype``,
+    ``adapters`` (list of (path, strength)), ``times`` (:class:`StageTimes`, accumulated).
+    """
+
+    def __init__(self, model: str | os.PathLike, hubert: str | os.PathLike | None,
+                 adapters: Iterable[AdapterSpec] | None = None, *, index: str | os.PathLike | None = None,
+                 device: str = "auto", half: bool | None = None, f0_method: str | None = None,
+                 rmvpe: str | os.PathLike | None = None, force: bool = False,
+                 constants: PipelineConstants | None = None) -> None:
+        from rvc_lora.features.content import load_content_encoder
+
+        self.device = resolve_device(device)
+        self.half = (self.device.type == "cuda") if half is None else bool(half)
+        self.dtype = torch.float16 if self.half else torch.float32
+        self.constants = constants or default_constants(self.half)
+        self.model_path = Path(model)
+        ckpt = load_rvc(model)
+        if ckpt.kind != "generator":
+            raise RVCLoraError(f"{model}: is a discriminator file; conversion needs a generator (RVC model)")
+        synth = ckpt.model.eval()
+        if hasattr(synth, "enc_q"):
+            del synth.enc_q  # posterior encoder: training only
+        self.version, self.f0, self.sample_rate = ckpt.version, bool(synth.f0), int(synth.sample_rate)
+        self.n_speakers = int(synth.emb_g.weight.shape[0])
+        # The host snapshots the base as stored (g/v) for adapter fingerprints; fold afterwards.
+        host = _Host(synth, base_desc=str(model))
+        fold_all_weight_norm(synth.dec)
+        fold_all_weight_norm(synth.flow)
+        for p in synth.parameters():
+            p.requires_grad_(False)
+        self.synth = synth.to(self.device, self.dtype)
+        self.content = load_content_encoder(hubert, device=str(self.device), half=self.half)
+        dim = self.content.feature_dim(self.version)
+        if dim != CONTENT_DIMS[self.version]:
+            raise RVCLoraError(
+                f"{hubert}: gives {dim}-dim {self.version} features but {model} is an RVC {self.version} model "
+                f"expecting {CONTENT_DIMS[self.version]}-dim features; use a HuBERT-base content model"
+            )
+        self.f0_method = f0_method or ("rmvpe" if rmvpe else "fcpe")
+        self.rmvpe = rmvpe
+        self._pitch = None
+        if self.f0:
+            from rvc_lora.features.pitch import get_pitch_extractor
+
+            opts = {"filter_radius": 3} if self.f0_method.lower() == "harvest" else {}
+            try:
+                self._pitch = get_pitch_extractor(self.f0_method, device=str(self.device), rmvpe_path=rmvpe,
+                                                  **opts)
+            except ValueError as exc:
+                raise RVCLoraError(str(exc)) from None
+        self.index = None
+        if index is not None:
+            self.load_index(index)
+        self.times = StageTimes()
+        self.adapters: list[tuple[Path, float]] = []
+        self._merger = AdapterMerger(self.synth, host.fingerprint, str(model), self.device)
+        if adapters:
+            self.set_adapters(adapters, force=force)
+
+    # -- adapters -----------------------------------------------------------------------------------
+    def set_adapters(self, adapters: Iterable[AdapterSpec] | None, force: bool = False) -> None:
+        """Make ``adapters`` (paths / "path:strength" / (path, strength)) the active set, merged.
+
+        The base is not reloaded: the adapted weights are rewritten from a kept copy of the folded base
+        plus each adapter's delta times its strength (adapter files are compiled once and cached). An
+        empty list returns to the plain base. On an error (bad file, wrong base) nothing changes.
+        """
+        specs = _adapter_list(adapters)
+        compiled = [(self._merger.load(path, force=force), strength) for path, strength in specs]
+        self._merger.apply(compiled)
+        self.adapters = specs
+
+    def set_strength(self, position: int, strength: float) -> None:
+        """Change the strength of the ``position``-th active adapter (re-merged in place)."""
+        if not 0 <= position < len(self.adapters):
+            raise RVCLoraError(f"no active adapter at position {position} ({len(self.adapters)} active)")
+        active = list(self._merger.active)
+        active[position] = (active[position][0], float(strength))
+        self._merger.apply(active)
+        self.adapters[position] = (self.adapters[position][0], float(strength))
+
+    # -- index -----------------------------------------------------------------------------------
+    def load_index(self, path: str | os.PathLike | None) -> None:
+        """Use the faiss index at ``path`` for retrieval (None removes it); checks its width."""
+        if path is None:
+            self.index = None
+            return
+        from rvc_lora.data.index import load_index
+
+        index = load_index(path)
+        if index.dim != CONTENT_DIMS[self.version]:
+            raise RVCLoraError(
+                f"{path}: index holds {index.dim}-dim features but this is an RVC {self.version} model "
+                f"({CONTENT_DIMS[self.version]}-dim); use the index built for this model"
+            )
+        self.index = index
+
+    # -- conversion -------------------------------------------------------------------------------
+
+    def _models(self) -> PipelineModels:
+        return PipelineModels(self.synth, self.content, self._pitch, self.index, self.device, self.dtype,
+                              self.constants)
+
+    def convert(self, audio: np.ndarray, sr: int, options: ConvertOptions | None = None,
+                **overrides) -> tuple[np.ndarray, int]:
+        """Convert mono audio [N] at ``sr`` Hz -> (audio [M] float32, output rate).
+
+        ``options`` (or keyword overrides such as ``pitch=12``, ``seed=0``) as in :class:`ConvertOptions`.
+        """
+        from rvc_lora.audio.resample import resample
+
+        opts = options if options is not None else ConvertOptions()
+        if overrides:
+            opts = ConvertOptions(**{**opts.__dict__, **overrides})
+        audio = np.asarray(audio, dtype=np.float32)
+        if audio.ndim == 2:
+            audio = audio.mean(axis=1, dtype=np.float32)
+        if audio.ndim != 1:
+            raise RVCLoraError(f"expected mono audio [samples] or [samples, channels], got shape {audio.shape}")
+        audio16k = resample(audio, int(sr), SAMPLE_RATE)
+        with torch.inference_mode():
+            return convert_audio(self._models(), audio16k, opts, self.times)
+
+    def convert_file(self, source: str | os.PathLike, target: str | os.PathLike,
+                     options: ConvertOptions | None = None, fmt: str | None = None, **overrides) -> Path:
+        """Convert an audio file and write the result atomically (wav or flac, by ``fmt`` or suffix).
+
+        Errors name the input file.
+        """
+        from rvc_lora.audio.io import load_audio
+
+        target = Path(target)
+        fmt = (fmt or target.suffix.lstrip(".") or "wav").lower()
+        if fmt not in OUTPUT_FORMATS:
+            raise RVCLoraError(f"{target}: unsupported output format {fmt!r} (use wav or flac)")
+        audio, sr = load_audio(source)
+        try:
+            out, out_sr = self.convert(audio, sr, options, **overrides)
+        except RVCLoraError as exc:
+            raise RVCLoraError(f"{source}: {exc}") from None
+        write_audio(target, out, out_sr, fmt)
+        return target
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sr: int, fmt: str = "wav") -> Path:
+    """Write mono float audio [M] as 32-bit float WAV or 24-bit FLAC, atomically."""
+    import soundfile as sf
+
+    from rvc_lora.utils import atomic_write
+
+    container, subtype = OUTPUT_FORMATS[fmt]
+    path = Path(path)
+    with atomic_write(path) as tmp:
+        sf.write(str(tmp), np.asarray(audio, dtype=np.float32), int(sr), subtype=subtype, format=container)
+    return path

@@ -1,0 +1,384 @@
+"""``rvc-lora prepare`` end to end on generated audio: experiment folder, bad inputs, resume, sharding."""
+
+from __future__ import annotations
+
+import csv
+import os
+import shutil
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from audio_fixtures import (
+    harmonic_tone,
+    silence,
+    write_garbage,
+    write_header_only_wav,
+    write_nan_wav,
+    write_truncated_wav,
+)
+
+from rvc_lora.config import load_config
+from rvc_lora.data.experiment import read_info, read_manifest
+from rvc_lora.data.index import load_index
+from rvc_lora.features.content import ContentModelMissing
+from rvc_lora.features.content_testing import make_random_checkpoint
+from rvc_lora.prepare import choose_validation, run_prepare, sharding
+from rvc_lora.prepare import pipeline as pipeline_mod
+from rvc_lora.utils import RVCLoraError
+
+SR_IN = 16000
+FORMATS = sf.available_formats()
+
+
+def _voice(f0s: list[float], seconds: float = 4.0, gap: float = 0.8, sr: int = SR_IN, amp: float = 0.5):
+    parts = []
+    for f0 in f0s:
+        parts += [harmonic_tone(f0, seconds, sr, amplitude=amp), silence(gap, sr)]
+    return np.concatenate(parts)
+
+
+def make_inputs(root: Path) -> dict[str, str]:
+    """Good and bad recordings; returns {relative path: expected problem substring or ''}."""
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "sub").mkdir(exist_ok=True)
+    expected = {}
+    sf.write(root / "a_voice.wav", _voice([150.0, 200.0]), SR_IN)
+    expected["a_voice.wav"] = ""
+    sf.write(root / "sub" / "b_voice.flac", _voice([180.0, 240.0]), SR_IN)
+    expected["sub/b_voice.flac"] = ""
+    stereo = np.stack([_voice([220.0]), _voice([220.0])], axis=1)
+    sf.write(root / "c_stereo.wav", stereo, SR_IN)
+    expected["c_stereo.wav"] = ""
+    if "OGG" in FORMATS:
+        sf.write(root / "d_voice.ogg", _voice([170.0]), SR_IN, format="OGG", subtype="VORBIS")
+        expected["d_voice.ogg"] = ""
+    if "MP3" in FORMATS:
+        sf.write(root / "e_voice.mp3", _voice([190.0]), SR_IN, format="MP3")
+        expected["e_voice.mp3"] = ""
+    three = np.stack([_voice([160.0])] * 3, axis=1)
+    sf.write(root / "f_three_channels.wav", three, SR_IN)
+    expected["f_three_channels.wav"] = "3 audio channels"
+    clipped = np.clip(_voice([210.0], amp=1.0) * 1.5, -1.0, 1.0)
+    sf.write(root / "g_clipped.wav", clipped, SR_IN, subtype="PCM_16")
+    expected["g_clipped.wav"] = "clipped"
+    write_truncated_wav(root / "h_truncated.wav")
+    expected["h_truncated.wav"] = "truncated"
+    write_garbage(root / "i_garbage.wav")
+    expected["i_garbage.wav"] = "unreadable"
+    (root / "j_empty.wav").write_bytes(b"")
+    expected["j_empty.wav"] = "empty"
+    write_header_only_wav(root / "k_zero_frames.wav")
+    expected["k_zero_frames.wav"] = "no audio samples"
+    sf.write(root / "l_silent.wav", silence(3.0), SR_IN)
+    expected["l_silent.wav"] = "all silent"
+    write_nan_wav(root / "m_nan.wav")
+    expected["m_nan.wav"] = "non-finite"
+    sf.write(root / "n_loud.wav", _voice([200.0], seconds=2.0, amp=3.0), SR_IN, subtype="FLOAT")
+    expected["n_loud.wav"] = "peak > 2.5"
+    (root / "notes.txt").write_text("not audio, not searched")
+    return expected
+
+
+@pytest.fixture(scope="session")
+def hubert(tmp_path_factory) -> Path:
+    return make_random_checkpoint(tmp_path_factory.mktemp("hubert") / "hubert_tiny.pt", layout="fairseq",
+                                  size="tiny")
+
+
+def make_cfg(inp: Path, exp: Path, hubert: Path, *extra: str):
+    return load_config([
+        "model=tiny", f"data.input_dir={inp}", f"data.experiment_dir={exp}", "data.name=unit",
+        "pitch.method=dio", f"content.path={hubert}", "data.min_total_seconds=10", "data.num_workers=0",
+        "data.validation_pieces=3", "data.progress=false", *extra,
+    ])
+
+
+@pytest.fixture(scope="session")
+def prepared(tmp_path_factory, hubert):
+    base = tmp_path_factory.mktemp("prep")
+    expected = make_inputs(base / "in")
+    report = run_prepare(make_cfg(base / "in", base / "exp", hubert))
+    return base, expected, report
+
+
+def _sources_ok(rows) -> set[str]:
+    return {r.source for r in rows if r.status == "ok"}
+
+
+def test_experiment_folder_is_complete_and_aligned(prepared):
+    base, expected, report = prepared
+    exp = base / "exp"
+    info = read_info(exp)
+    from rvc_lora.data.experiment import ExperimentLayout
+
+    layout = ExperimentLayout(exp, info.version)
+    rows = read_manifest(layout.manifest_path)
+    ok = [r for r in rows if r.status == "ok"]
+    assert len(ok) == len(report.ok_rows) > 10
+    good = {k for k, v in expected.items() if v in ("", "3 audio channels", "clipped")}
+    assert _sources_ok(rows) == good  # every usable file (incl. stereo, ogg/mp3, sub folder) gave pieces
+    for r in ok:
+        gt, w16 = layout.gt_wav(r.name), layout.wav16k(r.name)
+        g_info, w_info = sf.info(str(gt)), sf.info(str(w16))
+        assert (g_info.samplerate, w_info.samplerate) == (40000, 16000)
+        assert g_info.subtype == "FLOAT" and g_info.channels == 1
+        assert abs(g_info.frames / 40000 - r.duration_s) < 1e-3
+        n16 = w_info.frames
+        hz, coarse = np.load(layout.f0_hz(r.name)), np.load(layout.f0_coarse(r.name))
+        assert hz.dtype == np.float64 and coarse.dtype == np.int64
+        assert hz.shape == coarse.shape == (n16 // 160,)
+        assert coarse.min() >= 1 and coarse.max() <= 255
+        feat = np.load(layout.feature(r.name))
+        assert feat.dtype == np.float32 and feat.shape[1] == info.feature_dim
+        assert abs(feat.shape[0] - n16 / 320) <= 1.5  # 50 fps = half the f0 frame rate
+        peak = float(np.max(np.abs(sf.read(str(gt))[0])))
+        assert peak <= 0.9 * 0.75 + 0.25 * 2.5 + 1e-4  # RVC normalisation of a peak <= 2.5
+    # Pieces follow RVC's cutting: the first piece of a file starts at 0 and lasts 3.7 s.
+    first = next(r for r in ok if r.name == "0_0")
+    assert first.source == "a_voice.wav" and first.start_s == 0.0 and first.duration_s == pytest.approx(3.7)
+    # f0 statistics describe the tone of the piece (dio on a 150 Hz harmonic tone).
+    assert first.f0_median_hz == pytest.approx(150.0, rel=0.03) and first.voiced_ratio > 0.8
+    # Names are <file index>_<piece index> with the index from the sorted relative paths.
+    order = sorted(expected, key=lambda s: s)
+    for r in ok:
+        assert order[int(r.name.split("_")[0])] == r.source
+
+
+def test_bad_inputs_are_reported_not_fatal(prepared):
+    base, expected, report = prepared
+    rows = read_manifest(base / "exp" / "manifest.csv")
+    table = report.format_table()
+    for src, problem in expected.items():
+        if not problem:
+            assert not [p for p in report.problems if p[0] == src], src
+            continue
+        matching = [p for p in report.problems if p[0] == src and problem in p[1]]
+        assert matching, (src, report.problems)
+        assert src in table and problem in table
+        file_rows = [r for r in rows if r.source == src]
+        if problem in ("3 audio channels", "clipped"):
+            assert matching[0][2].startswith("used") or matching[0][2].startswith("mixed")
+            assert all(problem in r.problem for r in file_rows if r.status == "ok") and file_rows
+        elif problem == "peak > 2.5":
+            assert matching[0][2] == "pieces skipped"
+            assert file_rows and all(r.status == "skipped" and "peak" in r.problem for r in file_rows)
+        else:
+            assert len(file_rows) == 1, src
+            status = "skipped" if problem == "all silent" else "error"
+            assert file_rows[0].status == status and problem in file_rows[0].problem
+            assert matching[0][2] == "file skipped"
+    # No half-written files anywhere.
+    assert not list((base / "exp").rglob("*.tmp"))
+
+
+def test_filelist_info_and_split(prepared):
+    base, _, report = prepared
+    exp = base / "exp"
+    rows = read_manifest(exp / "manifest.csv")
+    ok = [r for r in rows if r.status == "ok"]
+    val = [r.name for r in ok if r.split == "val"]
+    assert len(val) == 3
+    assert set(val) == choose_validation([r.name for r in ok], 3)
+    lines = (exp / "filelist.txt").read_text().splitlines()
+    assert len(lines) == len(ok) - 3
+    for line in lines:
+        parts = line.split("|")
+        assert len(parts) == 5 and parts[4] == "0"
+        assert all(Path(p).is_absolute() and Path(p).is_file() for p in parts[:4])
+        assert Path(parts[0]).stem not in val
+    info = read_info(exp)
+    assert (info.name, info.version, info.sample_rate, info.f0) == ("unit", "v2", 40000, True)
+    assert info.pitch_method == "dio" and info.content_model.endswith("hubert_tiny.pt")
+    assert info.feature_dim == 64  # the tiny random HuBERT's width
+    assert info.extra["pieces"] == len(ok) and info.extra["val_pieces"] == 3
+    assert info.extra["total_seconds"] == pytest.approx(report.total_seconds, abs=0.01)
+    assert report.total_seconds > 20
+
+
+def test_index_is_searchable(prepared):
+    base, _, report = prepared
+    assert report.index_path is not None and report.index_path.is_file()
+    index = load_index(report.index_path)
+    train = [r.name for r in report.ok_rows if r.split == "train"]
+    feats = np.load(base / "exp" / "3_feature768" / f"{train[0]}.npy")
+    total = sum(np.load(base / "exp" / "3_feature768" / f"{n}.npy").shape[0] for n in train)
+    assert index.big_npy.shape == (total, feats.shape[1])
+    dist, _ = index.search(feats[:5], k=1)
+    assert np.allclose(dist[:, 0], 0.0, atol=1e-3)
+
+
+def _snapshot(exp: Path) -> dict[str, int]:
+    return {str(p.relative_to(exp)): p.stat().st_mtime_ns for p in exp.rglob("*")
+            if p.is_file() and ".prepare" not in p.parts and p.suffix in (".wav", ".npy", ".index")}
+
+
+def test_rerun_skips_and_resumes(prepared, hubert, tmp_path, monkeypatch):
+    base, _, first = prepared
+    exp = tmp_path / "exp"
+    shutil.copytree(base / "exp", exp)
+    cfg = make_cfg(base / "in", exp, hubert)
+    before = _snapshot(exp)
+    calls = []
+    import rvc_lora.prepare.ingest as ingest_mod
+
+    real_read = ingest_mod._read_chunks
+    monkeypatch.setattr(ingest_mod, "_read_chunks", lambda *a: (calls.append(a[0]), real_read(*a))[1])
+    again = run_prepare(cfg)
+    assert calls == []  # nothing decoded again
+    assert again.counts == {"decoded": 0, "pieces_written": 0, "pitch_computed": 0, "content_computed": 0,
+                            "index_built": 0}
+    assert _snapshot(exp) == before
+    assert [(r.name, r.status, r.split) for r in again.rows] == [(r.name, r.status, r.split) for r in first.rows]
+
+    # An interrupted run: a piece's audio, another's f0 and a third's features are gone; a stray temp file.
+    names = [r.name for r in first.ok_rows]
+    (exp / "0_gt_wavs" / f"{names[0]}.wav").unlink()
+    (exp / "2b-f0nsf" / f"{names[1]}.wav.npy").unlink()
+    (exp / "3_feature768" / f"{names[2]}.npy").unlink()
+    stray = exp / "3_feature768" / f".{names[3]}.npy.abc123.tmp"
+    stray.write_bytes(b"half")
+    resumed = run_prepare(cfg)
+    assert calls == [str(base / "in" / first.ok_rows[0].source)]  # only the file with a missing piece
+    assert resumed.counts["pieces_written"] == 1
+    assert resumed.counts["pitch_computed"] == 1
+    assert resumed.counts["content_computed"] == 1
+    assert not stray.exists()
+    after = _snapshot(exp)
+    changed = {k for k in after if after[k] != before.get(k)}
+    assert changed <= {f"0_gt_wavs/{names[0]}.wav", f"1_16k_wavs/{names[0]}.wav", f"2b-f0nsf/{names[1]}.wav.npy",
+                       f"2a_f0/{names[1]}.wav.npy", f"3_feature768/{names[2]}.npy"}
+    assert f"3_feature768/{names[2]}.npy" in changed
+    assert [(r.name, r.status, r.split) for r in resumed.rows] == [(r.name, r.status, r.split) for r in first.rows]
+
+
+def test_too_little_audio_stops_before_features(prepared, hubert, tmp_path):
+    base, _, _ = prepared
+    cfg = make_cfg(base / "in", tmp_path / "exp", hubert, "data.min_total_seconds=1000")
+    with pytest.raises(RVCLoraError, match=r"only \d+\.\d s of usable audio found in 1\d file\(s\)") as err:
+        run_prepare(cfg)
+    assert "1000" in str(err.value) and "i_garbage.wav" in str(err.value)
+    assert list((tmp_path / "exp" / "0_gt_wavs").glob("*.wav"))  # ingest ran ...
+    assert not list((tmp_path / "exp" / "3_feature768").glob("*.npy"))  # ... the features did not
+
+
+def test_missing_content_model_fails_first(prepared, tmp_path):
+    base, _, _ = prepared
+    cfg = make_cfg(base / "in", tmp_path / "exp", tmp_path / "nope.pt")
+    with pytest.raises(ContentModelMissing, match="rvc-lora assets download hubert"):
+        run_prepare(cfg)
+    assert not (tmp_path / "exp").exists()
+    cfg = make_cfg(base / "in", tmp_path / "exp", tmp_path / "nope.pt", "content.path=null")
+    with pytest.raises(ContentModelMissing):
+        run_prepare(cfg)
+
+
+def test_empty_or_missing_input_dir(hubert, tmp_path):
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "readme.txt").write_text("x")
+    with pytest.raises(RVCLoraError, match="no audio files found"):
+        run_prepare(make_cfg(tmp_path / "in", tmp_path / "exp", hubert))
+    with pytest.raises(RVCLoraError, match="folder not found"):
+        run_prepare(make_cfg(tmp_path / "missing", tmp_path / "exp", hubert))
+
+
+def test_long_file_is_chunked(hubert, tmp_path):
+    inp = tmp_path / "in"
+    inp.mkdir()
+    sf.write(inp / "long.wav", _voice([150.0, 200.0, 250.0]), SR_IN)
+    whole = run_prepare(make_cfg(inp, tmp_path / "a", hubert, "data.min_total_seconds=5", "data.build_index=false"))
+    chunked = run_prepare(make_cfg(inp, tmp_path / "b", hubert, "data.min_total_seconds=5",
+                                   "data.build_index=false", "data.long_file_minutes=0.1", "data.chunk_seconds=4.8"))
+    assert not whole.problems
+    assert [p[1] for p in chunked.problems] == ["very long (0.2 min)"]
+    assert chunked.problems[0][2] == "used (processed in 4.8 s chunks)"
+    # Every tone survives chunking (silence at chunk ends is trimmed, so a little less audio is kept).
+    assert 12.0 <= chunked.total_seconds <= whole.total_seconds + 1e-6
+    assert {int(r.start_s // 4.8) for r in chunked.ok_rows} == {0, 1, 2}
+    medians = sorted({round(r.f0_median_hz / 50) * 50 for r in chunked.ok_rows})
+    assert medians == [150, 200, 250]
+
+
+def test_worker_pool_and_sharding_match_single_process(prepared, hubert, tmp_path, monkeypatch):
+    base, _, first = prepared
+    expected = [(r.name, r.status, r.split, r.problem) for r in first.rows]
+    # Worker processes (forced even for this small input).
+    monkeypatch.setattr(pipeline_mod, "POOL_MIN_BYTES", 0)
+    pooled = run_prepare(make_cfg(base / "in", tmp_path / "pool", hubert, "data.num_workers=2"))
+    assert [(r.name, r.status, r.split, r.problem) for r in pooled.rows] == expected
+    assert pooled.counts["decoded"] == len([f for f in (base / "in").rglob("*") if f.suffix != ".txt" and f.is_file()])
+
+    # Two ranks sharing one folder (threads standing in for torchrun processes).
+    shards = {"rank0": sharding.Shard(0, 2, "t"), "rank1": sharding.Shard(1, 2, "t")}
+    monkeypatch.setattr(sharding, "shard_from_env", lambda env=None: shards[threading.current_thread().name])
+    out: dict[str, object] = {}
+    cfgs = {n: make_cfg(base / "in", tmp_path / "shard", hubert, "data.shard_timeout_s=60") for n in shards}
+
+    def work(name: str) -> None:
+        try:
+            out[name] = run_prepare(cfgs[name])
+        except BaseException as err:  # surfaced below
+            out[name] = err
+
+    threads = [threading.Thread(target=work, args=(n,), name=n) for n in shards]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(isinstance(v, BaseException) for v in out.values()), out
+    main, other = out["rank0"], out["rank1"]
+    assert [(r.name, r.status, r.split, r.problem) for r in main.rows] == expected
+    assert {r.name for r in other.rows} < {r.name for r in main.rows}
+    assert all(int(r.name.split("_")[0]) % 2 == 1 for r in other.rows)
+    with open(tmp_path / "shard" / "manifest.csv", newline="") as handle:
+        assert len(list(csv.DictReader(handle))) == len(expected)
+    assert main.index_path is not None and main.index_path.is_file()
+    assert os.path.getsize(tmp_path / "shard" / "filelist.txt") > 0
+
+
+def test_shard_from_env():
+    assert sharding.shard_from_env({}) == sharding.Shard(0, 1, "")
+    shard = sharding.shard_from_env({"RANK": "1", "WORLD_SIZE": "3", "TORCHELASTIC_RUN_ID": "x"})
+    assert shard.owns(4) and not shard.owns(3) and not shard.is_main
+    with pytest.raises(RVCLoraError):
+        sharding.shard_from_env({"RANK": "3", "WORLD_SIZE": "3"})
+
+
+def test_gather_reports_failed_rank_and_timeout(tmp_path):
+    s0, s1 = sharding.Shard(0, 2), sharding.Shard(1, 2)
+    sharding.publish(tmp_path, "ingest", s0, "tok", {"seconds": 1.0})
+    sharding.publish(tmp_path, "ingest", s1, "old-token", {"seconds": 5.0})  # stale: ignored
+    with pytest.raises(RVCLoraError, match=r"waiting for rank\(s\) \[1\]"):
+        sharding.gather(tmp_path, "ingest", s0, "tok", timeout_s=0.2, poll_s=0.05)
+    sharding.publish(tmp_path, "ingest", s1, "tok", error="disk full")
+    with pytest.raises(RVCLoraError, match="rank 1 failed: disk full"):
+        sharding.gather(tmp_path, "ingest", s0, "tok", timeout_s=1)
+
+
+def test_changed_pitch_method_recomputes_only_pitch(prepared, hubert, tmp_path):
+    base, _, first = prepared
+    exp = tmp_path / "exp"
+    shutil.copytree(base / "exp", exp)
+    report = run_prepare(make_cfg(base / "in", exp, hubert, "pitch.method=pm"))
+    assert report.counts["decoded"] == 0 and report.counts["content_computed"] == 0
+    assert report.counts["pitch_computed"] == len(first.ok_rows)
+    assert read_info(exp).pitch_method == "pm"
+    again = run_prepare(make_cfg(base / "in", exp, hubert, "pitch.method=pm"))
+    assert again.counts["pitch_computed"] == 0
+
+
+def test_prepared_folder_loads_in_training_dataset(prepared):
+    from rvc_lora.data.experiment import open_experiment
+    from rvc_lora.models import mel_settings
+    from rvc_lora.train.dataset import PieceDataset, split_pieces
+
+    base, _, report = prepared
+    layout, info = open_experiment(base / "exp")
+    train, val = split_pieces(layout, 3)
+    assert sorted(val) == sorted(r.name for r in report.ok_rows if r.split == "val")
+    item = PieceDataset(layout, train, mel_settings(info.version, info.sample_rate), info.f0, 0)[0]
+    frames = item["spec"].shape[-1]
+    assert item["pitch"].shape == item["pitchf"].shape == (frames,) and item["phone"].shape == (frames, 64)
+    assert frames > 300  # a 3.7 s piece at 100 frames/s, not cut short by misaligned features

@@ -1,0 +1,208 @@
+"""Training: TensorBoard output, exact resume, DDP, NaN handling, frozen base, modes, config errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from rvc_lora.checkpoint import load_rvc
+from rvc_lora.train import NonFiniteLossError, Trainer, list_checkpoints, run_training
+from rvc_lora.utils import RVCLoraError
+
+sys.path.insert(0, str(Path(__file__).parent))
+from train_helpers import make_setup, tiny_config  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Two threads on a shared 2-core machine are many times slower than one."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def setup_dir(tmp_path_factory) -> Path:
+    return make_setup(tmp_path_factory.mktemp("train"))
+
+
+def _cfg(setup_dir: Path, run: Path, **kw):
+    cfg = tiny_config(setup_dir, **kw)
+    cfg.run_dir = str(run)
+    return cfg
+
+
+def _events(run_dir: Path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(run_dir), size_guidance={"scalars": 0, "images": 0, "audio": 0})
+    acc.Reload()
+    return acc
+
+
+def test_run_writes_events_checkpoints_and_final_files(setup_dir, tmp_path):
+    cfg = _cfg(setup_dir, tmp_path / "run", **{"trainer.discriminator": "train", "trainer.keep_checkpoints": 1})
+    result = run_training(cfg)
+    run = tmp_path / "run"
+    tags = _events(run).Tags()
+    for name in ("loss/g/total", "loss/g/mel", "loss/g/kl", "loss/g/fm", "loss/g/adv", "loss/d/total", "lr",
+                 "grad_norm/adapter", "grad_norm/d", "adapter/weight_norm", "speed/steps_per_sec",
+                 "nan/skipped_steps", "val/mel_l1"):
+        assert name in tags["scalars"], name
+    assert "mel/val_0" in tags["images"] and "mel/train" in tags["images"]
+    assert {"audio/val_0/real", "audio/val_0/reconstruction", "audio/val_0/conversion"} <= set(tags["audio"])
+    # a fresh discriminator is announced, checkpoints are pruned to the last one
+    assert any("base.d is not set" in w for w in result.warnings)
+    assert [s for s, _ in list_checkpoints(run)] == [4]
+    assert (run / "config.yaml").is_file() and (run / "best_adapter.safetensors").is_file()
+    with safe_open(str(run / "adapter.safetensors"), "pt") as f:
+        meta = f.metadata()
+        keys = list(f.keys())
+    assert any(k.startswith("dec.ups.0.lora_down") for k in keys)
+    assert json.loads(meta["training"])["steps"] == 4 and json.loads(meta["base_fingerprint"])
+    merged = load_rvc(run / "merged.pth")
+    assert merged.format == "small" and merged.version == "v2"
+    assert result.index_paths and result.index_paths[0].read_bytes() == b"not a real index"
+
+
+def test_resume_matches_uninterrupted_run(setup_dir, tmp_path):
+    common = {"trainer.batch_size": 1, "trainer.checkpoint_interval": 2, "trainer.discriminator": "every_k",
+              "trainer.d_every": 2, "trainer.validation_interval": 100}
+    full = Trainer(_cfg(setup_dir, tmp_path / "a", **common, **{"trainer.max_steps": 5}))
+    full.fit()
+    expected = full.adapter_tensors()
+    full.close()
+
+    first = Trainer(_cfg(setup_dir, tmp_path / "b", **common, **{"trainer.max_steps": 3}))
+    first.fit()  # stops mid-epoch (4 batches per epoch) with a checkpoint at step 3
+    first.close()
+    second = Trainer(_cfg(setup_dir, tmp_path / "b", **common, **{"trainer.max_steps": 5}))
+    assert second.step == 3 and second.resumed_from is not None
+    second.fit()
+    got = second.adapter_tensors()
+    second.close()
+    assert set(got) == set(expected)
+    for key in expected:
+        assert torch.equal(got[key], expected[key]), key
+
+
+@pytest.mark.skipif(os.environ.get("RVC_LORA_SKIP_DDP") == "1", reason="RVC_LORA_SKIP_DDP=1")
+def test_two_gloo_processes_end_with_identical_adapters(setup_dir, tmp_path):
+    work = tmp_path / "ddp"
+    work.mkdir()
+    for name in ("exp", "G.pth"):
+        (work / name).symlink_to(setup_dir / name)
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--standalone",
+           str(Path(__file__).parent / "train_helpers.py"), str(work)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(work / "rank0.pt"), torch.load(work / "rank1.pt")
+    assert set(a) == set(b)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert any(k.endswith("lora_up.weight") and a[k].abs().sum() > 0 for k in a)  # it did train
+    assert (work / "run" / "adapter.safetensors").is_file()
+
+
+def test_nan_step_is_skipped_and_counted(setup_dir, tmp_path, monkeypatch):
+    import rvc_lora.train.loop as loop
+
+    calls = {"n": 0}
+    real = loop.mel_l1
+
+    def flaky(a, b):
+        calls["n"] += 1
+        out = real(a, b)
+        return out * float("nan") if calls["n"] == 2 else out
+
+    monkeypatch.setattr(loop, "mel_l1", flaky)
+    result = run_training(_cfg(setup_dir, tmp_path / "run"))
+    assert result.skipped_steps == 1 and result.steps == 4
+    skipped = [e.value for e in _events(tmp_path / "run").Scalars("nan/skipped_steps")]
+    assert skipped[-1] == 1.0
+
+
+def test_nan_patience_stops_with_advice(setup_dir, tmp_path, monkeypatch):
+    import rvc_lora.train.loop as loop
+
+    monkeypatch.setattr(loop, "mel_l1", lambda a, b: torch.tensor(float("nan")))
+    with pytest.raises(NonFiniteLossError, match="lower learning rate.*fp32.*data"):
+        run_training(_cfg(setup_dir, tmp_path / "run", **{"trainer.nan_patience": 2}))
+
+
+def test_base_weights_are_unchanged_and_only_adapters_train(setup_dir, tmp_path):
+    trainer = Trainer(_cfg(setup_dir, tmp_path / "run", **{"trainer.discriminator": "frozen",
+                                                            "trainer.max_steps": 2}))
+    frozen = {n: p.detach().clone() for n, p in trainer.synth.named_parameters() if not p.requires_grad}
+    disc = {n: p.detach().clone() for n, p in trainer.disc.named_parameters()}
+    trainable = {n: p.detach().clone() for n, p in trainer.synth.named_parameters() if p.requires_grad}
+    assert trainable and all(".lora_" in n for n in trainable)
+    trainer.fit()
+    trainer.close()
+    for n, p in trainer.synth.named_parameters():
+        if n in frozen:
+            assert torch.equal(p, frozen[n]), n
+    assert all(torch.equal(p, disc[n]) for n, p in trainer.disc.named_parameters())  # frozen mode
+    assert any(not torch.equal(p, trainable[n]) for n, p in trainer.synth.named_parameters() if n in trainable)
+
+
+def test_mel_only_has_no_discriminator(setup_dir, tmp_path):
+    result = run_training(_cfg(setup_dir, tmp_path / "run", **{"trainer.max_steps": 2}))
+    assert "loss/g/adv" not in result.final_losses and "loss/d/total" not in result.final_losses
+    assert result.final_losses["loss/g/mel"] > 0 and (tmp_path / "run" / "merged.pth").is_file()
+
+
+def test_full_fine_tune_trains_everything(setup_dir, tmp_path):
+    trainer = Trainer(_cfg(setup_dir, tmp_path / "run", **{"adapter": "none", "trainer.max_steps": 1}))
+    before = {n: p.detach().clone() for n, p in trainer.synth.named_parameters()}
+    assert all(p.requires_grad for p in trainer.synth.parameters())
+    trainer.fit()
+    trainer.close()
+    changed = {n.split(".")[0] for n, p in trainer.synth.named_parameters() if not torch.equal(p, before[n])}
+    assert {"enc_p", "dec", "enc_q", "flow", "emb_g"} <= changed
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ({"base.g": "/nonexistent/G.pth"}, "pretrained generator not found"),
+        ({"data.experiment_dir": "/nonexistent/exp"}, "experiment folder not found"),
+        ({"trainer.discriminator": "sometimes"}, "unknown trainer.discriminator mode 'sometimes'"),
+        ({"trainer.batch_size": 0}, "trainer.batch_size must be an integer >= 1"),
+        ({"model.sample_rate": 48000}, "model.sample_rate=48000 contradicts the experiment"),
+    ],
+)
+def test_bad_configs_fail_before_training(setup_dir, tmp_path, override, message):
+    with pytest.raises(RVCLoraError, match=message):
+        Trainer(_cfg(setup_dir, tmp_path / "run", **override))
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_experiment_contradicting_base_is_refused(tmp_path):
+    make_setup(tmp_path, feature_dim=256)
+    with pytest.raises(RVCLoraError, match="feature_dim 256 does not fit RVC v2"):
+        Trainer(_cfg(tmp_path, tmp_path / "run"))
+    info_path = tmp_path / "exp" / "experiment.json"
+    info = json.loads(info_path.read_text())
+    info.update(feature_dim=768, version="v2", f0=False)
+    info_path.write_text(json.dumps(info))
+    for f in (tmp_path / "exp" / "3_feature768").glob("*.npy"):
+        f.unlink()
+    (tmp_path / "exp" / "3_feature768").mkdir(exist_ok=True)
+    torch.manual_seed(0)
+    import numpy as np
+
+    for name in [p.stem for p in (tmp_path / "exp" / "0_gt_wavs").glob("*.wav")]:
+        np.save(tmp_path / "exp" / "3_feature768" / f"{name}.npy", np.zeros((60, 768), np.float32))
+    cfg = _cfg(tmp_path, tmp_path / "run")
+    cfg.model.f0 = None  # let the base / experiment comparison speak
+    with pytest.raises(RVCLoraError, match="pitch model but the experiment was prepared without pitch"):
+        Trainer(cfg)
