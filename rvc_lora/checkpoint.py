@@ -17,6 +17,7 @@ import pickle
 import re
 import zipfile
 from collections import OrderedDict
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -327,9 +328,23 @@ def rvc_state_dict(model: Synthesizer) -> dict[str, torch.Tensor]:
     return out
 
 
+def plain(value: Any) -> Any:
+    """Plain lists / dicts / scalars for values that may be tuples or OmegaConf containers.
+
+    ``torch.load(weights_only=True)`` refuses anything else, so files must hold only these.
+    """
+    if isinstance(value, (str, bytes, int, float, bool)) or value is None or torch.is_tensor(value):
+        return value
+    if isinstance(value, Mapping):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, Iterable):
+        return [plain(v) for v in value]
+    raise TypeError(f"cannot store a {type(value).__name__} in an RVC checkpoint")
+
+
 def rvc_config_list(model: Synthesizer, sample_rate: int) -> list:
     """The 18-item config RVC stores: position 1 is the literal 32, the last the rate in Hz."""
-    config = list(model.config)
+    config = plain(model.config)
     config[1] = 32
     config[15] = int(model.emb_g.weight.shape[0])
     config[-1] = int(sample_rate)
@@ -381,7 +396,7 @@ def save_pretrained(model: nn.Module, path: str | Path, dtype: torch.dtype = tor
         (k, v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
         for k, v in normalize_weight_norm_keys(model.state_dict()).items()
     )
-    payload: dict[str, Any] = {"model": state, **metadata}
+    payload: dict[str, Any] = {"model": state, **plain(metadata)}
     path = Path(path)
     with atomic_write(path) as tmp:
         torch.save(payload, tmp)

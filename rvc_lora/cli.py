@@ -179,6 +179,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="download again even if cached")
     p.set_defaults(func=cmd_assets)
 
+    from rvc_lora.infer.command import add_convert_arguments, run_convert
+
+    p = sub.add_parser("convert", help="convert audio with an RVC model (optionally plus adapters)")
+    add_convert_arguments(p)
+    p.set_defaults(func=run_convert)
+
     p = sub.add_parser("merge", help="merge adapters into a base, writing a standard RVC model")
     p.add_argument("--base", required=True, help="base RVC model (small model or pretrained G)")
     p.add_argument("--adapter", required=True, action="append", metavar="FILE[:STRENGTH]",

@@ -66,7 +66,7 @@ def _syllable(speaker: Speaker, rng: np.random.Generator, sr: int, seconds: floa
     formants, bandwidths = VOWELS[rng.choice(list(VOWELS))]
     voiced = sum(
         _resonator(source, f * speaker.formant_scale, b, sr) * w
-        for f, b, w in zip(formants, bandwidths, (1.0, 0.6, 0.3))
+        for f, b, w in zip(formants, bandwidths, (1.0, 0.6, 0.3), strict=True)
     )
     envelope = np.minimum(1.0, np.minimum(t, seconds - t) / 0.04)
     return voiced * envelope
