@@ -288,3 +288,28 @@ def test_output_planning(tmp_path):
     assert [j.target.name for j in jobs] == ["a.flac"] and missing[0][1] == "file not found"
     with pytest.raises(RVCLoraError, match="overwrite"):
         plan_jobs([str(wav)], str(wav), None)
+
+
+def test_adapter_with_a_trained_speaker_row_converts_like_its_merged_file(fixture_model_path, hubert, adapters,
+                                                                          tmp_path):
+    from rvc_lora.lora import read_adapter, save_adapter
+
+    a, _ = adapters
+    source = read_adapter(a)
+    tensors = dict(source.tensors)
+    diff = torch.zeros_like(load_rvc(fixture_model_path).model.emb_g.weight)
+    diff[0] = 0.5
+    tensors["emb_g.diff"] = diff
+    spk = save_adapter(tmp_path / "spk.safetensors", tensors, source.metadata, dtype="fp32")
+    audio = speech_like(0.8)
+    with_row = Converter(fixture_model_path, hubert, [spk], device="cpu", f0_method="pm", constants=FAST)
+    without = Converter(fixture_model_path, hubert, [a], device="cpu", f0_method="pm", constants=FAST)
+    out_row, _ = with_row.convert(audio, SR, seed=0)
+    out_plain, _ = without.convert(audio, SR, seed=0)
+    peak = np.abs(out_row).max()
+    assert np.abs(out_row - out_plain).max() > 1e-3 * peak  # the speaker row matters
+    merged = merge_adapters(fixture_model_path, [(spk, 1.0)], tmp_path / "m.pth", dtype="fp32")
+    out_file, _ = Converter(merged, hubert, device="cpu", f0_method="pm", constants=FAST).convert(audio, SR, seed=0)
+    np.testing.assert_allclose(out_file, out_row, atol=1e-3 * peak)
+    with_row.set_adapters([])
+    assert torch.equal(with_row.synth.emb_g.weight, without.synth.emb_g.weight)

@@ -1,6 +1,7 @@
 """Benchmark LoRA inference overhead on RVC's full-size v2 40k generator (CPU or CUDA).
 
-Measures, interleaved in one process so that machine noise hits every variant alike:
+Measures, interleaved in one process so that machine noise hits every variant alike (the order
+rotates every round, and each ratio is the median of per-round ratios to the base):
 base generator, unmerged LoRA at ranks 4/8/16, and the rank-8 adapter merged; plus trainable
 parameters and fp16 adapter file size per rank. Prints a markdown table.
 
@@ -33,7 +34,7 @@ def _randomize(lora: GeneratorLoRA) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length per generator call")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved timing rounds (median reported)")
+    parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     parser.add_argument("--device", default="auto")
     args = parser.parse_args()
     device = resolve_device(args.device)
@@ -84,15 +85,19 @@ def main() -> None:
 
     for module in variants.values():  # warm-up
         run(module)
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for _ in range(args.rounds):
-        for name, module in variants.items():
-            times[name].append(run(module))
-    base_time = statistics.median(times["base (weight norm folded)"])
+    names = list(variants)
+    times: dict[str, list[float]] = {name: [] for name in names}
+    for round_index in range(args.rounds):
+        shift = round_index % len(names)
+        for name in names[shift:] + names[:shift]:
+            times[name].append(run(variants[name]))
+    base_name = names[0]
+    ratios = {name: statistics.median(t / b for t, b in zip(times[name], times[base_name], strict=True))
+              for name in names}
 
     print(f"RVC v2 40k generator, {args.seconds:g} s of audio, {device}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} interleaved rounds\n")
+          f"median of {args.rounds} interleaved rounds (order rotated each round)\n")
     print("| variant | time (s) | ratio to base | trainable params | adapter file (fp16) |")
     print("|---|---|---|---|---|")
     for name in variants:
@@ -101,7 +106,7 @@ def main() -> None:
         params, size = sizes.get(rank, (None, None)) if rank else (None, None)
         params_s = f"{params:,}" if params else "-"
         size_s = f"{size / 1e6:.2f} MB" if size else "-"
-        print(f"| {name} | {t:.2f} | {t / base_time:.3f} | {params_s} | {size_s} |")
+        print(f"| {name} | {t:.2f} | {ratios[name]:.3f} | {params_s} | {size_s} |")
 
 
 if __name__ == "__main__":

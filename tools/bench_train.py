@@ -124,10 +124,13 @@ def main(argv: list[str] | None = None) -> int:
             rows.append((mode, json.loads(proc.stdout.strip().splitlines()[-1])))
     size = "tiny" if args.tiny else "v2 40k"
     print(f"\nTraining step benchmark ({size}, batch 1, {args.steps} timed steps after 1 warm-up)\n")
-    print("| mode | s/step | peak memory (GB) | trainable G params | trainable D params |")
-    print("|---|---:|---:|---:|---:|")
+    reference = rows[0][1] if rows else None  # ratios are to the first mode (the full fine-tune by default)
+    print(f"Ratios are to '{rows[0][0] if rows else '-'}', measured in the same run.\n")
+    print("| mode | s/step | time ratio | peak memory (GB) | memory ratio | trainable G params | trainable D params |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
     for mode, r in rows:
-        print(f"| {mode} | {r['sec_per_step']:.3f} | {r['peak_gb']:.2f} | {r['trainable_g']:,} | "
+        print(f"| {mode} | {r['sec_per_step']:.3f} | {r['sec_per_step'] / reference['sec_per_step']:.2f}x | "
+              f"{r['peak_gb']:.2f} | {r['peak_gb'] / reference['peak_gb']:.2f}x | {r['trainable_g']:,} | "
               f"{r['trainable_d']:,} |")
     return 0
 

@@ -56,6 +56,13 @@ def compile_adapter(root: nn.Module, adapter: AdapterFile, device: torch.device)
             module = root.get_submodule(path)
         except AttributeError:
             raise RVCLoraError(f"{label}: targets module {path!r}, which this model does not have") from None
+        if isinstance(module, nn.Embedding):  # a trained speaker row: a full delta of the table
+            diff = parts.get("diff")
+            if set(parts) != {"diff"} or diff is None or tuple(diff.shape) != tuple(module.weight.shape):
+                raise RVCLoraError(f"{label}: {path!r} must be one full delta of shape "
+                                   f"{tuple(module.weight.shape)}, got parts {sorted(parts)}")
+            deltas[path] = (diff.detach().to(device, torch.float32).clone(), None)
+            continue
         wrapper = wrapper_for(module)
         if wrapper is None:
             raise RVCLoraError(f"{label}: module {path!r} is a {type(module).__name__}, which LoRA cannot adapt")
@@ -123,7 +130,8 @@ class AdapterMerger:
         for path in set(wanted) | set(self._base):
             module = self.root.get_submodule(path)
             if path not in self._base:
-                bias0 = None if module.bias is None else module.bias.detach().clone()
+                bias = getattr(module, "bias", None)  # embeddings have none
+                bias0 = None if bias is None else bias.detach().clone()
                 self._base[path] = (module.weight.detach().clone(), bias0)
             w0, b0 = self._base[path]
             terms = wanted.get(path, [])
