@@ -11,7 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from rvc_lora.utils import RVCLoraError
+from rvc_lora.utils import RVCLoraError, tune_allocator
 
 
 def _format_count(n: int) -> str:
@@ -212,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    tune_allocator()
     try:
         return int(args.func(args) or 0)
     except RVCLoraError as exc:

@@ -49,3 +49,27 @@ def resolve_device(device: str = "auto") -> torch.device:
     if mps is not None and mps.is_available():
         return torch.device("mps")
     return torch.device("cpu")
+
+
+def tune_allocator() -> bool:
+    """Keep freed memory in the process (glibc): large tensors then reuse pages instead of faulting them in.
+
+    PyTorch on CPU allocates and frees activations of hundreds of MB per call; glibc returns such memory
+    to the system each time and page faults dominate (measured: the v2 40k generator on 10 s of audio
+    takes 7.1 s with the defaults and 3.8 s with this, on 2 cores). The cost: the process keeps its peak
+    memory until it exits. Applies only on Linux with glibc; ``RVC_LORA_NO_MALLOC_TUNING=1`` disables it.
+    Returns True when applied. The ``rvc-lora`` command calls it at start.
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux") or os.environ.get("RVC_LORA_NO_MALLOC_TUNING") == "1":
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):  # not glibc (e.g. musl)
+        return False
+    m_trim_threshold, m_top_pad = -1, -2
+    return bool(mallopt(m_trim_threshold, ctypes.c_int(2**31 - 1)) and mallopt(m_top_pad, ctypes.c_int(1 << 30)))

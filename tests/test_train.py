@@ -206,3 +206,39 @@ def test_experiment_contradicting_base_is_refused(tmp_path):
     cfg.model.f0 = None  # let the base / experiment comparison speak
     with pytest.raises(RVCLoraError, match="pitch model but the experiment was prepared without pitch"):
         Trainer(cfg)
+
+
+def test_gradient_accumulation_averages_micro_batch_gradients(setup_dir, tmp_path):
+    from rvc_lora.train.dataset import collate_pieces
+
+    trainer = Trainer(_cfg(setup_dir, tmp_path / "run", **{"trainer.batch_size": 1}))
+    for group in trainer.optim_g.param_groups:
+        group["lr"] = 0.0  # the weights stay put, so each step's gradients can be compared
+    try:
+        b1, b2 = collate_pieces([trainer.dataset[0]]), collate_pieces([trainer.dataset[1]])
+        params = trainer.models.trainable_g
+
+        def grads():
+            return [p.grad.detach().clone() for p in params]
+
+        torch.manual_seed(0)
+        trainer.train_step([b1, b2])
+        together = grads()
+        torch.manual_seed(0)  # same random draws (segments, noise) in the same order
+        trainer.train_step(b1)
+        first = grads()
+        trainer.train_step(b2)
+        second = grads()
+    finally:
+        trainer.close()
+    assert any(g.abs().max() > 0 for g in together)
+    for acc, g1, g2 in zip(together, first, second, strict=True):
+        assert torch.allclose(acc, (g1 + g2) / 2, rtol=1e-4, atol=1e-7)
+
+
+def test_gradient_accumulation_counts_optimiser_steps(setup_dir, tmp_path):
+    result = run_training(_cfg(setup_dir, tmp_path / "run", **{
+        "trainer.batch_size": 1, "trainer.grad_accum": 2, "trainer.max_steps": 100, "trainer.max_epochs": 2,
+        "trainer.validation_interval": 100, "trainer.checkpoint_interval": 100}))
+    # 4 training pieces, batch 1: 4 batches per epoch = 2 optimiser steps of 2 micro-batches
+    assert (result.steps, result.epochs) == (4, 2)

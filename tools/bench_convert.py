@@ -15,6 +15,7 @@ Prints a markdown table. Real-time factor = processing time / audio duration (lo
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -32,6 +33,7 @@ from rvc_lora.generator_lora import SynthesizerLoRA  # noqa: E402
 from rvc_lora.infer import Converter, StageTimes  # noqa: E402
 from rvc_lora.lora import LoRAConfig, lora_layers  # noqa: E402
 from rvc_lora.models import build_synthesizer  # noqa: E402
+from rvc_lora.utils import tune_allocator
 
 
 def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
@@ -85,7 +87,12 @@ def main(argv: list[str] | None = None) -> int:
                         help="vectors in the retrieval index (default 30000, ~10 min of training audio)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--device", default="cpu")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
     args = parser.parse_args(argv)
+    if args.no_malloc_tuning:
+        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
+    allocator = "tuned" if tune_allocator() else "default"
     seconds, repeats, swaps = args.seconds, max(1, args.repeats), 10
     if args.quick:
         seconds, repeats, swaps = min(seconds, 5.0), 1, 4
@@ -136,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     synth_ratio = median_stage("merged", "synthesis") / max(median_stage("plain", "synthesis"), 1e-9)
     ratios = [m / p for m, p in zip(wall["merged"], wall["plain"], strict=True)]
     print(f"## rvc-lora convert benchmark ({seconds:g} s of audio, device {args.device}, "
-          f"{torch.get_num_threads()} threads, f0 {args.f0_method}, median of {repeats})\n")
+          f"{torch.get_num_threads()} threads, f0 {args.f0_method}, median of {repeats}, {allocator} allocator)\n")
     print("full-size RVC v2 40k f0 synthesizer (random init, loaded from an RVC .pth), "
           f"full-size random HuBERT-base; index: {args.index_rows} vectors, index rate 0.75; "
           "adapter: rank 8 on dec.ups.* + dec.resblocks.*\n")

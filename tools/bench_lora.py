@@ -11,6 +11,7 @@ parameters and fp16 adapter file size per rank. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
+import os
 import platform
 import statistics
 import tempfile
@@ -22,7 +23,7 @@ import torch
 from rvc_lora.generator_lora import GeneratorLoRA
 from rvc_lora.lora import LoRAConfig, fold_all_weight_norm, merge_and_unload
 from rvc_lora.models import build_synthesizer
-from rvc_lora.utils import resolve_device
+from rvc_lora.utils import resolve_device, tune_allocator
 
 
 def _randomize(lora: GeneratorLoRA) -> None:
@@ -36,7 +37,12 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length per generator call")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     parser.add_argument("--device", default="auto")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
     args = parser.parse_args()
+    if args.no_malloc_tuning:
+        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
+    allocator = "tuned" if tune_allocator() else "default"
     device = resolve_device(args.device)
     torch.manual_seed(0)
     synth = build_synthesizer(version="v2", sample_rate=40000, f0=True).eval()
@@ -97,7 +103,7 @@ def main() -> None:
 
     print(f"RVC v2 40k generator, {args.seconds:g} s of audio, {device}, torch {torch.__version__}, "
           f"{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, "
-          f"median of {args.rounds} interleaved rounds (order rotated each round)\n")
+          f"median of {args.rounds} interleaved rounds (order rotated each round), {allocator} allocator\n")
     print("| variant | time (s) | ratio to base | trainable params | adapter file (fp16) |")
     print("|---|---|---|---|---|")
     for name in variants:

@@ -11,12 +11,15 @@ stage includes loading the HuBERT (shown separately too).
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
+
+from rvc_lora.utils import tune_allocator
 
 
 def make_audio(folder: Path, seconds: float, sr: int = 44100, seed: int = 0) -> float:
@@ -45,7 +48,12 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="data.num_workers")
     parser.add_argument("--pitch", default="auto", help="pitch.method (auto = fcpe without rmvpe weights)")
     parser.add_argument("--model", default="v2_40k", help="model config group")
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
     args = parser.parse_args()
+    if args.no_malloc_tuning:
+        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
+    allocator = "tuned" if tune_allocator() else "default"
 
     from rvc_lora.config import load_config
     from rvc_lora.features.content_testing import make_random_checkpoint
@@ -75,13 +83,12 @@ def main() -> None:
             ("index (faiss IVF)", piece_seconds, t.get("index", 0.0)),
             ("total run_prepare", input_seconds, wall),
         ]
-        import os
 
         import torch
 
         print(f"{input_seconds:.1f} s of input in {report.files} files -> {len(report.ok_rows)} pieces "
               f"({piece_seconds:.1f} s incl. overlaps); model {args.model}; {os.cpu_count()} CPUs, "
-              f"torch threads {torch.get_num_threads()}; workers {args.workers}; "
+              f"torch threads {torch.get_num_threads()}; workers {args.workers}; {allocator} allocator; "
               f"(random HuBERT written in {make_s:.1f} s, not counted)")
         print()
         print("| stage | audio (s) | wall (s) | audio s / wall s |")

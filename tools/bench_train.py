@@ -19,6 +19,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from rvc_lora.utils import tune_allocator
+
 MODES = {
     "full fine-tune (adapter=none)": ["adapter=none", "trainer.discriminator=train"],
     "LoRA r8, D trained": ["trainer.discriminator=train"],
@@ -106,7 +108,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=None, help="subset of mode names (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--no-malloc-tuning", action="store_true",
+                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
     args = parser.parse_args(argv)
+    if args.no_malloc_tuning:
+        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
+    allocator = "tuned" if tune_allocator() else "default"
     if args.worker:
         print(json.dumps(worker(Path(args.root), MODES[args.worker], args.steps, args.tiny)))
         return 0
@@ -123,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
                 continue
             rows.append((mode, json.loads(proc.stdout.strip().splitlines()[-1])))
     size = "tiny" if args.tiny else "v2 40k"
-    print(f"\nTraining step benchmark ({size}, batch 1, {args.steps} timed steps after 1 warm-up)\n")
+    print(f"\nTraining step benchmark ({size}, batch 1, {args.steps} timed steps after 1 warm-up, "
+          f"{allocator} allocator)\n")
     reference = rows[0][1] if rows else None  # ratios are to the first mode (the full fine-tune by default)
     print(f"Ratios are to '{rows[0][0] if rows else '-'}', measured in the same run.\n")
     print("| mode | s/step | time ratio | peak memory (GB) | memory ratio | trainable G params | trainable D params |")

@@ -8,10 +8,12 @@ skips the whole step on every rank. The exponential learning-rate decay is stepp
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import sys
 import threading
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,18 @@ CHECKPOINT_FORMAT = 1
 
 class NonFiniteLossError(RVCLoraError):
     """Too many consecutive steps with a NaN / inf loss."""
+
+
+def _groups(batches: Iterable, size: int) -> Iterator[list]:
+    """Consecutive lists of ``size`` items (the last may be shorter): the micro-batches of one step."""
+    group: list = []
+    for item in batches:
+        group.append(item)
+        if len(group) == size:
+            yield group
+            group = []
+    if group:
+        yield group
 
 
 @dataclass
@@ -124,6 +138,7 @@ class Trainer:
         self.sampler = BucketBatchSampler(self.dataset.lengths, int(t.batch_size), int(t.seed),
                                           int(t.get("bucket_width", 100)), self.dist.rank, self.dist.world_size)
         self.batches_per_epoch = len(self.sampler)
+        self.grad_accum = int(cfg.trainer.get("grad_accum", 1) or 1)  # batches per optimiser step
 
         self.step = 0
         self.epoch = 0
@@ -250,11 +265,48 @@ class Trainer:
                 f"{self.step}). Try a lower learning rate (optim.lr), full precision (trainer.precision=fp32), "
                 f"and check the data (rvc-lora prepare's manifest: silent, clipped or corrupt pieces).")
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, float] | None:
-        """One optimisation step on ``batch`` (see ``collate_pieces``); returns scalars, None if skipped."""
-        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+    def train_step(self, batches: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
+        """One optimisation step on one batch, or on several accumulated (``trainer.grad_accum``).
+
+        Batches come from ``collate_pieces``. Losses are averaged over the micro-batches. RVC's order is
+        kept: the discriminator steps right before the last micro-batch's generator losses (with one
+        micro-batch: D step, then G losses against the updated D, then G step). Returns the scalars, or
+        None if a loss was non-finite (the whole step is skipped and counted).
+        """
+        group = batches if isinstance(batches, list) else [batches]
+        n = len(group)
         t = self.cfg.trainer
         d_update = self.d_trained and (self.mode != "every_k" or self.step % int(t.d_every) == 0)
+        self.optim_g.zero_grad(set_to_none=True)
+        if d_update:
+            self.optim_d.zero_grad(set_to_none=True)
+        sums: dict[str, float] = {}
+        for i, batch in enumerate(group):
+            scalars, d_stepped = self._accumulate(batch, d_update, n, step_d_now=d_update and i == n - 1)
+            if scalars is None:
+                if d_stepped:
+                    self.scaler.update()
+                self._skip()
+                return None
+            for key, value in scalars.items():  # losses are averaged; a gradient norm is measured once
+                sums[key] = value if key.startswith("grad_norm/") else sums.get(key, 0.0) + value / n
+        self.scaler.unscale_(self.optim_g)
+        sums["grad_norm/adapter"] = self._grad_norm(self.models.trainable_g)
+        self.scaler.step(self.optim_g)
+        self.scaler.update()
+        if self.ema is not None:
+            self.ema.update()
+        self.consecutive_bad = 0
+        return sums
+
+    def _accumulate(self, batch: dict[str, torch.Tensor], d_update: bool, n: int,
+                    step_d_now: bool) -> tuple[dict[str, float] | None, bool]:
+        """Forward one micro-batch and add its gradients (losses scaled by 1/n); step D if asked.
+
+        Returns (the micro-batch's scalars, or None if a loss was non-finite; whether D stepped).
+        """
+        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
+        t = self.cfg.trainer
         with self._autocast():
             wave_hat, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = self.g_model(
                 b["phone"], b["phone_lengths"], b.get("pitch"), b.get("pitchf"), b["spec"], b["spec_lengths"],
@@ -266,21 +318,19 @@ class Trainer:
         mel_fake = mel_spectrogram(wave_hat.float().squeeze(1), s)
         out: dict[str, float] = {}
 
-        stepped = False
         if d_update:
             with self._autocast():
                 real_outs, fake_outs, _, _ = self.d_model(real, wave_hat.detach())
             loss_d = discriminator_loss(real_outs, fake_outs)
             if not self._finite(loss_d):
-                self._skip()
-                return None
-            self.optim_d.zero_grad(set_to_none=True)
-            self.scaler.scale(loss_d).backward()
-            self.scaler.unscale_(self.optim_d)
-            out["grad_norm/d"] = self._grad_norm(list(self.disc.parameters()))
-            self.scaler.step(self.optim_d)
-            stepped = True
+                return None, False
+            self.scaler.scale(loss_d / n).backward()
             out["loss/d/total"] = loss_d.item()
+            if step_d_now:
+                self.scaler.unscale_(self.optim_d)
+                out["grad_norm/d"] = self._grad_norm(list(self.disc.parameters()))
+                self.scaler.step(self.optim_d)
+        d_stepped = d_update and step_d_now
 
         loss_mel = mel_l1(mel_real, mel_fake) * float(t.c_mel)
         loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(t.c_kl)
@@ -299,22 +349,11 @@ class Trainer:
             total = total + loss_fm + loss_adv
             out["loss/g/fm"], out["loss/g/adv"] = loss_fm.item(), loss_adv.item()
         if not self._finite(total):
-            if stepped:
-                self.scaler.update()
-            self._skip()
-            return None
-        self.optim_g.zero_grad(set_to_none=True)
-        self.scaler.scale(total).backward()
-        self.scaler.unscale_(self.optim_g)
-        out["grad_norm/adapter"] = self._grad_norm(self.models.trainable_g)
-        self.scaler.step(self.optim_g)
-        self.scaler.update()
-        if self.ema is not None:
-            self.ema.update()
-        self.consecutive_bad = 0
+            return None, d_stepped
+        self.scaler.scale(total / n).backward()
         out.update({"loss/g/total": total.item(), "loss/g/mel": loss_mel.item(), "loss/g/kl": loss_kl.item()})
         self._last_mels = (mel_real[0].detach(), mel_fake[0].detach())
-        return out
+        return out, d_stepped
 
     # ---- loop --------------------------------------------------------------------------------------------
     def _max_steps(self) -> int:
@@ -323,7 +362,7 @@ class Trainer:
         if t.max_steps is not None:
             limits.append(int(t.max_steps))
         if t.max_epochs is not None:
-            limits.append(int(t.max_epochs) * self.batches_per_epoch)
+            limits.append(int(t.max_epochs) * math.ceil(self.batches_per_epoch / self.grad_accum))
         return min(limits)
 
     def _install_signals(self) -> dict:
@@ -359,9 +398,9 @@ class Trainer:
                 loader = DataLoader(self.dataset, batch_sampler=batches, collate_fn=collate_pieces,
                                     num_workers=int(t.num_workers), generator=torch.Generator(),
                                     pin_memory=self.device.type == "cuda")
-                for batch in loader:
-                    scalars = self.train_step(batch)
-                    self.batch_in_epoch += 1
+                for group in _groups(loader, self.grad_accum):
+                    scalars = self.train_step(group)
+                    self.batch_in_epoch += len(group)
                     if self.batch_in_epoch >= self.batches_per_epoch:
                         self.epoch += 1
                         self.batch_in_epoch = 0

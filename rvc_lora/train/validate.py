@@ -47,6 +47,7 @@ def check_config(cfg: DictConfig) -> tuple[ExperimentLayout, ExperimentInfo]:
     if t.precision not in PRECISIONS:
         problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _int_at_least(problems, t.batch_size, "trainer.batch_size", 1)
+    _int_at_least(problems, t.get("grad_accum", 1), "trainer.grad_accum", 1)
     _int_at_least(problems, t.d_every, "trainer.d_every", 1)
     _int_at_least(problems, t.checkpoint_interval, "trainer.checkpoint_interval", 1)
     _int_at_least(problems, t.keep_checkpoints, "trainer.keep_checkpoints", 1)
