@@ -65,7 +65,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
     from rvc_lora.merge import extract_adapter
 
     rows = extract_adapter(args.base, args.tuned, args.out, rank=args.rank, energy=args.energy,
-                           diff_only=args.diff_only, targets=args.targets, dtype=args.dtype)
+                           diff_only=args.diff_only, targets=args.targets, dtype=args.dtype,
+                           progress=sys.stderr.isatty())
     print(f"{'layer':<30}{'stored':>8}{'rank':>6}{'rel. error':>12}{'bytes':>12}")
     for row in rows:
         print(f"{row.module:<30}{row.stored_as:>8}{row.rank:>6}{row.rel_error:>12.2e}{row.bytes:>12,}")

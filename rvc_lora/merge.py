@@ -9,6 +9,7 @@ from pathlib import Path
 
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from rvc_lora.checkpoint import load_rvc, save_rvc
 from rvc_lora.generator_lora import GENERATOR_TARGETS, SynthesizerLoRA
@@ -74,11 +75,12 @@ def _effective_weights(state: dict[str, torch.Tensor], module: str) -> torch.Ten
 
 def extract_adapter(base: str | os.PathLike, tuned: str | os.PathLike, out: str | os.PathLike,
                     rank: int | None = None, energy: float | None = None, diff_only: bool = False,
-                    targets: list[str] | None = None, dtype: str = "fp16") -> list[ExtractRow]:
+                    targets: list[str] | None = None, dtype: str = "fp16", progress: bool = False) -> list[ExtractRow]:
     """Factor (tuned - base) of each target layer's effective weight into an adapter file.
 
     Targets are globs on generator module names (default ``ups.*``, ``resblocks.*``). Layers whose
     low-rank factors would be larger than the dense delta (or all, with ``diff_only``) store the delta.
+    ``progress`` shows a progress bar with ETA on stderr.
     """
     if not diff_only and (rank is None) == (energy is None):
         raise RVCLoraError("give exactly one of --rank or --energy (or --diff-only)")
@@ -101,7 +103,7 @@ def extract_adapter(base: str | os.PathLike, tuned: str | os.PathLike, out: str 
         raise RVCLoraError(f"target patterns {patterns} match no generator layer")
     tensors: dict[str, torch.Tensor] = {}
     rows: list[ExtractRow] = []
-    for name, kind in modules:
+    for name, kind in tqdm(modules, desc="extract", unit="layer", disable=not progress):
         delta = _effective_weights(tuned_state, name) - _effective_weights(base_state, name)
         bias_delta = None
         if f"{name}.bias" in base_state:
