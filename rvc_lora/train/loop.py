@@ -13,6 +13,7 @@ import signal
 import sys
 import threading
 import time
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -356,6 +357,18 @@ class Trainer:
         return out, d_stepped
 
     # ---- loop --------------------------------------------------------------------------------------------
+    def _step_schedulers(self) -> None:
+        """RVC's per-epoch learning-rate decay, for G and D alike.
+
+        D may not have stepped in this process yet (resumed at an epoch end, or ``every_k`` / NaN-skipped
+        steps); PyTorch warns about that order, but the decay is meant to follow epochs, not D updates.
+        """
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            self.sched_g.step()
+            if self.sched_d is not None:
+                self.sched_d.step()
+
     def _max_steps(self) -> int:
         t = self.cfg.trainer
         limits = []
@@ -404,9 +417,7 @@ class Trainer:
                     if self.batch_in_epoch >= self.batches_per_epoch:
                         self.epoch += 1
                         self.batch_in_epoch = 0
-                        self.sched_g.step()
-                        if self.sched_d is not None:
-                            self.sched_d.step()
+                        self._step_schedulers()
                     self.step += 1
                     bar.update(1)
                     if scalars is not None:
