@@ -197,7 +197,12 @@ def download_asset(
             endpoint=endpoint, force_download=force,
         ))
     except Exception as err:  # HTTP errors, connection errors, disk errors from huggingface_hub
-        raise RVCLoraError(f"could not download asset {name!r} ({asset.repo_id}/{asset.filename}): {err}") from err
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise RVCLoraError(
+            f"could not download asset {name!r} ({asset.repo_id}/{asset.filename}): {first}. Without network "
+            f"access, copy the file to {path} (it is verified against the hub's checksum when it can be), or "
+            "pass a local path instead of asset:NAME (e.g. base.g=/path/to/f0G40k.pth)"
+        ) from err
     if downloaded.resolve() != path.resolve():  # pragma: no cover - local_dir mirrors the repo path
         raise RVCLoraError(f"asset {name!r} landed at {downloaded}, expected {path}")
     actual = sha256_file(path)

@@ -81,14 +81,15 @@ def read_checkpoint_file(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         message = str(exc)
-        if "weights_only" in message or "Unsupported global" in message:
-            culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-            detail = f" ({culprit.group(1)})" if culprit else ""
+        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
+        if culprit:  # a real pickle that would import and call arbitrary code
             raise RVCLoraError(
-                f"{path}: refused: the file needs arbitrary Python objects to load{detail}; "
+                f"{path}: refused: the file needs arbitrary Python objects to load ({culprit.group(1)}); "
                 "rvc-lora loads tensors only and never executes pickled code"
             ) from None
-        raise RVCLoraError(f"{path}: not a valid PyTorch checkpoint ({_first_line(message)})") from None
+        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", message, re.S)
+        detail = " ".join(reason.group(1).split()) if reason else _first_line(message)
+        raise RVCLoraError(f"{path}: not a PyTorch checkpoint ({detail}); is it a complete .pth file?") from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
         raise RVCLoraError(
             f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_first_line(str(exc))}"

@@ -96,10 +96,11 @@ def cmd_assets(args: argparse.Namespace) -> int:
 
 def cmd_prepare(args: argparse.Namespace) -> int:
     """Turn a folder of recordings into an experiment folder (Hydra overrides)."""
-    from rvc_lora.config import load_config
+    from rvc_lora.config import load_config, prepare_assets, resolve_asset_references
     from rvc_lora.prepare import run_prepare
 
     cfg = load_config(args.overrides)
+    resolve_asset_references(cfg, prepare_assets(cfg))
     report = run_prepare(cfg)
     if report.rank == 0:  # under torchrun, other ranks only hold their share
         print(report.format_table())
@@ -108,13 +109,12 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     """Train a speaker adapter from a recipe (Hydra overrides)."""
-    from rvc_lora.config import load_config
+    from rvc_lora.config import TRAIN_ASSETS, load_config, resolve_asset_references
     from rvc_lora.train import run_training
 
     cfg = load_config(args.overrides)
+    resolve_asset_references(cfg, TRAIN_ASSETS)
     result = run_training(cfg)
-    for warning in result.warnings:
-        print(f"warning: {warning}", file=sys.stderr)
     if result.interrupted:
         print(f"interrupted at step {result.steps}: checkpoint saved in {result.run_dir}; "
               "re-run the same command to resume")

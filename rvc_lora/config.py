@@ -38,12 +38,20 @@ def find_recipe(name: str) -> Path:
 
 
 ASSET_PREFIX = "asset:"
-ASSET_KEYS = ("base.g", "base.d", "content.path", "pitch.rmvpe_path")
+TRAIN_ASSETS = ("base.g", "base.d")
 
 
-def resolve_asset_references(cfg: DictConfig) -> DictConfig:
-    """Replace ``asset:NAME`` values of model-file keys by the cached file, downloading it if needed."""
-    for key in ASSET_KEYS:
+def prepare_assets(cfg: DictConfig) -> tuple[str, ...]:
+    """The model files ``prepare`` needs: the content model, and RMVPE only when pitch can use it."""
+    keys = ("content.path",)
+    if str(OmegaConf.select(cfg, "pitch.method", default="auto")) in ("rmvpe", "auto"):
+        keys += ("pitch.rmvpe_path",)
+    return keys
+
+
+def resolve_asset_references(cfg: DictConfig, keys: Sequence[str]) -> DictConfig:
+    """Replace ``asset:NAME`` values of ``keys`` by the cached file, downloading it if needed."""
+    for key in keys:
         value = OmegaConf.select(cfg, key)
         if isinstance(value, str) and value.startswith(ASSET_PREFIX):
             from rvc_lora.assets import download_asset
@@ -53,7 +61,11 @@ def resolve_asset_references(cfg: DictConfig) -> DictConfig:
 
 
 def load_config(overrides: Sequence[str] = ()) -> DictConfig:
-    """Compose ``conf/config.yaml`` with ``overrides`` (Hydra syntax); errors become ``RVCLoraError``."""
+    """Compose ``conf/config.yaml`` with ``overrides`` (Hydra syntax); errors become ``RVCLoraError``.
+
+    ``asset:NAME`` values stay as they are; commands resolve the ones they use with
+    ``resolve_asset_references``.
+    """
     from hydra import compose, initialize_config_dir
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
@@ -76,4 +88,4 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
             OmegaConf.resolve(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
             raise RVCLoraError(f"invalid configuration: {str(exc).strip().splitlines()[0]}") from None
-    return resolve_asset_references(cfg)
+    return cfg

@@ -201,7 +201,7 @@ def test_cache_dir_defaults_to_rvc_lora_home(monkeypatch: pytest.MonkeyPatch, tm
 def test_cli_download_and_asset_references_in_config(hub: FakeHub, tmp_path: Path,
                                                       monkeypatch: pytest.MonkeyPatch, capsys) -> None:
     from rvc_lora.cli import main
-    from rvc_lora.config import load_config
+    from rvc_lora.config import TRAIN_ASSETS, load_config, prepare_assets, resolve_asset_references
 
     monkeypatch.setenv("RVC_LORA_HOME", str(tmp_path))
     _register(monkeypatch, "fake", "sub/fake.bin", GOOD_SHA)
@@ -209,7 +209,12 @@ def test_cli_download_and_asset_references_in_config(hub: FakeHub, tmp_path: Pat
     assert main(["assets", "download", "fake"]) == 0
     path = Path(capsys.readouterr().out.split("fake: ")[1].strip())
     assert path.read_bytes() == GOOD
-    cfg = load_config(["base.g=asset:fake", "content.path=asset:fake"])
-    assert cfg.base.g == str(path) and cfg.content.path == str(path)
+    cfg = load_config(["base.g=asset:fake", "content.path=asset:fake", "pitch.method=dio",
+                       "pitch.rmvpe_path=asset:not-needed"])
+    assert cfg.base.g == "asset:fake"  # composing a config downloads nothing
+    resolve_asset_references(cfg, TRAIN_ASSETS)
+    assert cfg.base.g == str(path) and cfg.content.path == "asset:fake"
+    resolve_asset_references(cfg, prepare_assets(cfg))  # dio pitch: RMVPE is not needed, not fetched
+    assert cfg.content.path == str(path) and cfg.pitch.rmvpe_path == "asset:not-needed"
     assert main(["assets", "download", "nope"]) == 2
     assert "unknown asset" in capsys.readouterr().err

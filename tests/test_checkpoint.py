@@ -169,6 +169,11 @@ def test_truncated_and_foreign_files_give_one_line_errors(fixture_model_path: Pa
     text.write_text("hello")
     with pytest.raises(RVCLoraError, match="notes.pth"):
         load_rvc(text)
+    html = tmp_path / "download.pth"  # e.g. an HTML error page saved instead of the model
+    html.write_text("<html><body>rate limited</body></html>")
+    with pytest.raises(RVCLoraError) as err:
+        load_rvc(html)
+    assert "not a PyTorch checkpoint" in str(err.value) and "refused" not in str(err.value)
     with pytest.raises(RVCLoraError, match="not found"):
         load_rvc(tmp_path / "missing.pth")
     torch.save({"foo": 1}, tmp_path / "foreign.pth")

@@ -1,35 +1,19 @@
-"""Numerical parity of rvc_lora.models with the original RVC classes (reference vectors in shared/).
+"""Numerical parity of rvc_lora.models with the original RVC classes (reference vectors).
 
-The fixture (shared/fixtures/rvc_tiny_v2_f0) holds a tiny RVC v2 f0 small model and outputs produced
-by RVC's own code; a user relies on our synthesizer computing the same audio from the same weights.
+The fixture (tests/fixtures/rvc_tiny_v2_f0, a copy of the project's shared/fixtures) holds a tiny
+RVC v2 f0 small model and outputs produced by RVC's own code; a user relies on our synthesizer
+computing the same audio from the same weights.
 """
 
 from __future__ import annotations
 
 import copy
-from pathlib import Path
 
 import pytest
 import torch
 
 from rvc_lora.models import Synthesizer
-
-
-def _find_fixture_dir() -> Path | None:
-    candidates = (
-        Path(__file__).resolve().parents[2] / "shared/fixtures/rvc_tiny_v2_f0",
-        Path("/work/shared/fixtures/rvc_tiny_v2_f0"),
-    )
-    for candidate in candidates:
-        if (candidate / "model.pth").is_file() and (candidate / "expected.pt").is_file():
-            return candidate
-    return None
-
-
-FIXTURE = _find_fixture_dir()
-pytestmark = pytest.mark.skipif(
-    FIXTURE is None, reason="reference fixture shared/fixtures/rvc_tiny_v2_f0 not found beside the repository"
-)
+from tests.conftest import FIXTURE_DIR as FIXTURE
 
 # Tolerances: the fixture was produced with torch 2.13 on another CPU; float32 kernel differences
 # give ~3e-6 absolute on the encoder statistics (values up to ~2; a float64 run of the same math is
@@ -41,13 +25,11 @@ WAVE = {"atol": 1e-5, "rtol": 1e-4}
 
 @pytest.fixture(scope="module")
 def ckpt() -> dict:
-    assert FIXTURE is not None
     return torch.load(FIXTURE / "model.pth", map_location="cpu", weights_only=True)
 
 
 @pytest.fixture(scope="module")
 def expected() -> dict:
-    assert FIXTURE is not None
     return torch.load(FIXTURE / "expected.pt", map_location="cpu", weights_only=True)
 
 

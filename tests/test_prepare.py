@@ -382,3 +382,14 @@ def test_prepared_folder_loads_in_training_dataset(prepared):
     frames = item["spec"].shape[-1]
     assert item["pitch"].shape == item["pitchf"].shape == (frames,) and item["phone"].shape == (frames, 64)
     assert frames > 300  # a 3.7 s piece at 100 frames/s, not cut short by misaligned features
+
+
+def test_settings_problems_are_reported_together(tmp_path):
+    from rvc_lora.config import load_config
+
+    cfg = load_config([f"data.input_dir={tmp_path / 'missing'}", f"data.experiment_dir={tmp_path / 'exp'}",
+                       "pitch.method=dio"])
+    with pytest.raises(RVCLoraError) as err:
+        run_prepare(cfg)
+    assert "missing: folder not found" in str(err.value) and "content encoder" in str(err.value)
+    assert not (tmp_path / "exp").exists()  # nothing written before the settings are valid

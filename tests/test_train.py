@@ -177,7 +177,8 @@ def test_full_fine_tune_trains_everything(setup_dir, tmp_path):
         ({"data.experiment_dir": "/nonexistent/exp"}, "experiment folder not found"),
         ({"trainer.discriminator": "sometimes"}, "unknown trainer.discriminator mode 'sometimes'"),
         ({"trainer.batch_size": 0}, "trainer.batch_size must be an integer >= 1"),
-        ({"model.sample_rate": 48000}, "model.sample_rate=48000 contradicts the experiment"),
+        ({"model.sample_rate": 48000}, r"model.sample_rate=48000 contradicts the experiment.*\(model=v2_40k\)"),
+        ({"trainer.grad_accum": 0}, "trainer.grad_accum must be an integer >= 1"),
     ],
 )
 def test_bad_configs_fail_before_training(setup_dir, tmp_path, override, message):
@@ -242,3 +243,13 @@ def test_gradient_accumulation_counts_optimiser_steps(setup_dir, tmp_path):
         "trainer.validation_interval": 100, "trainer.checkpoint_interval": 100}))
     # 4 training pieces, batch 1: 4 batches per epoch = 2 optimiser steps of 2 micro-batches
     assert (result.steps, result.epochs) == (4, 2)
+
+
+def test_rerunning_a_finished_run_keeps_its_results(setup_dir, tmp_path):
+    cfg = {"trainer.max_steps": 2, "trainer.validation_interval": 100}
+    first = run_training(_cfg(setup_dir, tmp_path / "run", **cfg))
+    again = run_training(_cfg(setup_dir, tmp_path / "run", **cfg))
+    assert again.steps == first.steps == 2
+    assert again.final_losses == first.final_losses and first.final_losses
+    with safe_open(str(tmp_path / "run" / "adapter.safetensors"), "pt") as f:
+        assert json.loads(f.metadata()["training"])["final_losses"]

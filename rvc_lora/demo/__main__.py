@@ -13,6 +13,7 @@ Every stage is resumable: re-running skips finished preparation and resumes trai
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 import time
 from pathlib import Path
@@ -97,10 +98,12 @@ def main(argv: list[str] | None = None) -> int:
     train_common = [*common, "trainer.batch_size=4", "trainer.validation_interval=40",
                     "trainer.checkpoint_interval=40", "trainer.log_interval=5", "data.validation_pieces=2"]
     base_run = out / "runs" / "tiny_base"
+    logging.getLogger("rvc_lora.train").setLevel(logging.ERROR)  # no pretrained D exists for a new base
     base = run_training(load_config([*train_common, "adapter=none", "data.name=corpus",
                                      f"data.experiment_dir={out / 'experiments' / 'corpus'}",
                                      f"base.g={init}", f"run_dir={base_run}",
                                      f"trainer.max_steps={args.base_steps}", "optim.lr=2e-4"]))
+    logging.getLogger("rvc_lora.train").setLevel(logging.NOTSET)
     base_g, base_d = base.base_paths
     print(f"   base: {base_g.name} + {base_d.name} in {base_run}")
     _done(t)

@@ -198,6 +198,42 @@ def _stored_feature_dim(layout: ExperimentLayout, names: list[str]) -> int:
     return FEATURE_DIMS[layout.version]
 
 
+def _check_settings(cfg: DictConfig, use_f0: bool, method: str, pitch_device: str, rmvpe_path) -> str:
+    """Check every setting that is cheap to check before any work; report all problems at once.
+
+    Returns the content model path. A lone missing content model raises ``ContentModelMissing``.
+    """
+    from rvc_lora.features.content import ContentModelMissing
+
+    problems: list[str] = []
+    content_error: ContentModelMissing | None = None
+    input_dir = _get(cfg, "data.input_dir")
+    if input_dir is None:
+        problems.append("data.input_dir is not set: give the folder of recordings (data.input_dir=...)")
+    elif not Path(str(input_dir)).expanduser().is_dir():
+        problems.append(f"data.input_dir {input_dir}: folder not found")
+    if _get(cfg, "data.experiment_dir") is None:
+        problems.append("data.experiment_dir is not set")
+    content_path = ""
+    try:
+        content_path = check_content_path(_get(cfg, "content.path"))
+    except ContentModelMissing as exc:
+        content_error = exc
+        problems.append(str(exc))
+    if use_f0:
+        from rvc_lora.features.pitch import get_pitch_extractor
+
+        try:
+            get_pitch_extractor(method, device=pitch_device, rmvpe_path=rmvpe_path)  # validates paths early
+        except (RVCLoraError, ValueError) as exc:
+            problems.append(str(exc))
+    if content_error is not None and len(problems) == 1:
+        raise content_error
+    if problems:
+        raise RVCLoraError("cannot prepare:\n  - " + "\n  - ".join(problems))
+    return content_path
+
+
 def run_prepare(cfg: DictConfig) -> PrepareReport:
     """Prepare ``cfg.data.experiment_dir`` from the recordings in ``cfg.data.input_dir`` (module docstring).
 
@@ -208,16 +244,10 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     if version not in FEATURE_DIMS:
         raise RVCLoraError(f"model.version {version!r} is unknown (expected v1 or v2)")
     use_f0 = bool(cfg.model.f0)
-    content_path = check_content_path(_get(cfg, "content.path"))
     method = resolve_pitch_method(cfg) if use_f0 else ""
     rmvpe_path = _get(cfg, "pitch.rmvpe_path")
     pitch_device = default_device(str(_get(cfg, "pitch.device", "auto")))
-    if use_f0:
-        from rvc_lora.features.pitch import get_pitch_extractor
-
-        get_pitch_extractor(method, device=pitch_device, rmvpe_path=rmvpe_path)  # validates paths early
-    if _get(cfg, "data.experiment_dir") is None:
-        raise RVCLoraError("data.experiment_dir is not set")
+    content_path = _check_settings(cfg, use_f0, method, pitch_device, rmvpe_path)
     exp_dir = Path(str(cfg.data.experiment_dir)).expanduser()
     settings = ingest_settings(cfg)
     extensions = list(_get(cfg, "data.extensions", AUDIO_EXTENSIONS))

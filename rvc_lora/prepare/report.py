@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import textwrap
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,11 +57,19 @@ class PrepareReport:
         widths = [max(len(h), *(len(str(p[i])) for p in self.problems)) for i, h in enumerate(headers)]
         widths = [widths[0]] + [min(w, 60) for w in widths[1:]]
 
-        def fmt(cells) -> str:
-            return "  ".join(str(c)[: widths[i]].ljust(widths[i]) for i, c in enumerate(cells)).rstrip()
+        def fmt(cells) -> list[str]:
+            """One table row; long cells wrap onto continuation lines instead of being cut."""
+            wrapped = [textwrap.wrap(str(c), widths[i], break_long_words=True) or [""] if i else [str(c)]
+                       for i, c in enumerate(cells)]
+            height = max(len(w) for w in wrapped)
+            return ["  ".join((w[k] if k < len(w) else "").ljust(widths[i]) for i, w in enumerate(wrapped)).rstrip()
+                    for k in range(height)]
 
-        lines += ["", f"problems ({len(self.problems)}):", fmt(headers), fmt("-" * w for w in widths)]
-        lines += [fmt(p) for p in self.problems]
+        lines += ["", f"problems ({len(self.problems)}):", *fmt(headers), *fmt("-" * w for w in widths)]
+        for problem in self.problems:
+            lines += fmt(problem)
+        lines.append(f"(every piece and rejected file, with its status and problem: "
+                     f"{Path(self.experiment_dir) / 'manifest.csv'})")
         return "\n".join(lines)
 
     def __str__(self) -> str:

@@ -191,6 +191,7 @@ class Trainer:
             "rng": rngs,
             "best": {"step": self.best_step, "loss": self.best_loss},
             "nan": {"skipped": self.skipped, "consecutive": self.consecutive_bad},
+            "last_losses": dict(self.last_losses),
         }
 
     def _load_state(self, state: dict[str, Any]) -> None:
@@ -223,6 +224,7 @@ class Trainer:
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_step, self.best_loss = state["best"]["step"], state["best"]["loss"]
         self.skipped, self.consecutive_bad = state["nan"]["skipped"], state["nan"]["consecutive"]
+        self.last_losses = dict(state.get("last_losses", {}))
         rngs = state["rng"]
         if state.get("world_size") == self.dist.world_size and len(rngs) > self.dist.rank:
             restore_rng_state(rngs[self.dist.rank])

@@ -110,11 +110,14 @@ def _check_experiment(problems: list[str], cfg: DictConfig, layout: ExperimentLa
                             f"[frames, {expected_dim}]")
     model = cfg.get("model")
     if model is not None:
+        matching = f"model={info.version}_{int(info.sample_rate) // 1000}k"
+        if not info.f0:
+            matching += " model.f0=false"
         for key, theirs in (("version", info.version), ("sample_rate", info.sample_rate), ("f0", info.f0)):
             ours = model.get(key)
             if ours is not None and ours != theirs and not (key == "f0" and bool(ours) == bool(theirs)):
                 problems.append(f"model.{key}={ours!r} contradicts the experiment ({layout.info_path}: "
-                                f"{key}={theirs!r}); choose the matching model (e.g. model=v2_40k)")
+                                f"{key}={theirs!r}); choose the matching model ({matching}) or prepare again")
     speaker = cfg.data.get("speaker_id", 0)
     if isinstance(speaker, bool) or not isinstance(speaker, int) or speaker < 0:
         problems.append(f"data.speaker_id must be an integer >= 0, got {speaker!r}")
