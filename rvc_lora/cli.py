@@ -69,7 +69,8 @@ def cmd_extract(args: argparse.Namespace) -> int:
                            progress=sys.stderr.isatty())
     print(f"{'layer':<30}{'stored':>8}{'rank':>6}{'rel. error':>12}{'bytes':>12}")
     for row in rows:
-        print(f"{row.module:<30}{row.stored_as:>8}{row.rank:>6}{row.rel_error:>12.2e}{row.bytes:>12,}")
+        rank = "-" if row.stored_as == "diff" else str(row.rank)
+        print(f"{row.module:<30}{row.stored_as:>8}{rank:>6}{row.rel_error:>12.2e}{row.bytes:>12,}")
     total = sum(r.bytes for r in rows)
     print(f"{'total':<30}{'':>8}{'':>6}{'':>12}{total:>12,}")
     print(f"wrote {args.out} ({Path(args.out).stat().st_size / 1e6:.2f} MB)")
@@ -132,6 +133,16 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_config(args: argparse.Namespace) -> int:
+    """Print the composed configuration (defaults + recipe + overrides) as YAML."""
+    from omegaconf import OmegaConf
+
+    from rvc_lora.config import load_config
+
+    print(OmegaConf.to_yaml(load_config(args.overrides)), end="")
+    return 0
+
+
 def cmd_tensorboard(args: argparse.Namespace) -> int:
     """Serve a run's TensorBoard logs until Ctrl-C."""
     from rvc_lora.train import launch_tensorboard
@@ -159,13 +170,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--partial", action="store_true", help="load even if keys are missing or unexpected")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("prepare", help="prepare a folder of recordings for training (Hydra overrides)")
+    p = sub.add_parser("prepare", help="prepare a folder of recordings for training (Hydra overrides)",
+                       epilog="Keys: see `rvc-lora config` and conf/data, conf/pitch, conf/content.")
     p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME data.input_dir=... pitch.method=fcpe")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a speaker adapter (Hydra overrides)")
+    p = sub.add_parser("train", help="train a speaker adapter (Hydra overrides)",
+                       epilog="Keys: see `rvc-lora config` and conf/trainer, conf/lora, conf/optim, conf/model.")
     p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME trainer.max_steps=2000 lora=hq")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("config", help="print the composed configuration (Hydra overrides, recipes)")
+    p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME lora=hq")
+    p.set_defaults(func=cmd_config)
 
     p = sub.add_parser("tensorboard", help="show a run's TensorBoard logs")
     p.add_argument("run_dir")

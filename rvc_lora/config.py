@@ -71,7 +71,8 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     if not (CONF_DIR / "config.yaml").is_file():
-        raise RVCLoraError(f"configuration folder not found: {CONF_DIR} (set RVC_LORA_CONF)")
+        raise RVCLoraError(f"configuration folder not found: {CONF_DIR}; install rvc-lora from a source checkout "
+                           "(pip install -e ., as `make` does) or point RVC_LORA_CONF at its conf/ folder")
     overrides = list(overrides)
     with tempfile.TemporaryDirectory(prefix="rvc-lora-recipe-") as tmp:
         for i, item in enumerate(overrides):

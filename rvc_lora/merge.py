@@ -58,7 +58,7 @@ def merge_adapters(base: str | os.PathLike, adapters: list[tuple[Path, float]], 
 
 @dataclass
 class ExtractRow:
-    """One layer of an extraction report."""
+    """One layer of an extraction report (``rank`` 0 for layers stored as full diffs)."""
 
     module: str
     rank: int
@@ -117,7 +117,7 @@ def extract_adapter(base: str | os.PathLike, tuned: str | os.PathLike, out: str 
             continue
         layer = extract_lowrank(delta, kind, rank=rank, energy=energy)
         tensors.update(extracted_tensors(path, layer, delta, bias_delta))
-        rows.append(ExtractRow(path, layer.rank, 0.0 if layer.use_diff else layer.rel_error,
+        rows.append(ExtractRow(path, 0 if layer.use_diff else layer.rank, 0.0 if layer.use_diff else layer.rel_error,
                                layer.bytes_diff if layer.use_diff else layer.bytes_lowrank,
                                "diff" if layer.use_diff else "lora"))
     module_paths = [r.module for r in rows]

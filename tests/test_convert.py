@@ -288,6 +288,8 @@ def test_output_planning(tmp_path):
     assert [j.target.name for j in jobs] == ["a.flac"] and missing[0][1] == "file not found"
     with pytest.raises(RVCLoraError, match="overwrite"):
         plan_jobs([str(wav)], str(wav), None)
+    with pytest.raises(RVCLoraError, match="looks like a file name"):  # two inputs cannot go into one file
+        plan_jobs([str(wav), str(wav)], str(tmp_path / "two.wav"), None)
 
 
 def test_adapter_with_a_trained_speaker_row_converts_like_its_merged_file(fixture_model_path, hubert, adapters,

@@ -24,6 +24,18 @@ def test_atomic_write_replaces_only_on_success(tmp_path: Path):
     assert target.read_text() == "new" and list(tmp_path.iterdir()) == [target]
 
 
+def test_atomic_write_gives_normal_permissions(tmp_path: Path):
+    import os
+
+    umask = os.umask(0o022)
+    try:
+        with atomic_write(tmp_path / "model.pth") as tmp:
+            tmp.write_bytes(b"x")
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "model.pth").stat().st_mode & 0o777 == 0o644  # readable by others, like any output
+
+
 def test_allocator_tuning_can_be_disabled(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.setenv("RVC_LORA_NO_MALLOC_TUNING", "1")
     assert tune_allocator() is False

@@ -112,8 +112,12 @@ def plan_jobs(inputs: list[str], out: str, fmt: str | None) -> tuple[list[Job], 
             raise RVCLoraError(f"--out {out} does not match --format {fmt}")
         fmt = suffix
     fmt = fmt or "wav"
+    several = "several inputs" if len(inputs) > 1 else "a folder"
     if out_path.exists() and not out_path.is_dir() and not single_file:
-        raise RVCLoraError(f"--out {out}: must be a folder when converting several inputs or a folder")
+        raise RVCLoraError(f"--out {out}: must be a folder when converting {several}")
+    if not single_file and not out_path.exists() and suffix in OUTPUT_SUFFIXES:
+        raise RVCLoraError(f"--out {out} looks like a file name, but converting {several} writes a folder of "
+                           "files: give a folder name")
     jobs: list[Job] = []
     used: set[Path] = set()
     for source, rel in sources:

@@ -221,5 +221,6 @@ def check_fingerprint(expected: str | None, actual: str, adapter_path: str | os.
         return False
     raise RVCLoraError(
         f"adapter {adapter_path} was made for a base with fingerprint {expected}, but {base_desc} has "
-        f"fingerprint {actual}; use a matching base model (or force to apply it anyway)"
+        f"fingerprint {actual}; use a matching base model (or apply it anyway: --force on the command line, "
+        "force=True in Python)"
     )
