@@ -22,6 +22,7 @@ import numpy as np
 
 from rvc_lora.config import load_config
 from rvc_lora.demo.voices import SPEAKERS, write_speaker
+from rvc_lora.utils import tune_allocator
 
 CORPUS_SPEAKERS = SPEAKERS[:4]
 TARGET_SPEAKER = SPEAKERS[4]
@@ -52,6 +53,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--base-steps", type=int, default=120, help="steps of the tiny base's full training")
     parser.add_argument("--adapter-steps", type=int, default=120, help="steps of adapter training")
     args = parser.parse_args(argv)
+    tune_allocator()  # as the rvc-lora command does
     out = Path(args.out).resolve()
     started = time.perf_counter()
     os.environ.setdefault("OMP_NUM_THREADS", "2")
