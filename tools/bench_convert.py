@@ -15,7 +15,6 @@ Prints a markdown table. Real-time factor = processing time / audio duration (lo
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -27,13 +26,14 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench_common import add_allocator_flag, setup_allocator
+
 from rvc_lora.checkpoint import save_rvc  # noqa: E402
 from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E402
 from rvc_lora.generator_lora import SynthesizerLoRA  # noqa: E402
 from rvc_lora.infer import Converter, StageTimes  # noqa: E402
 from rvc_lora.lora import LoRAConfig, lora_layers  # noqa: E402
 from rvc_lora.models import build_synthesizer  # noqa: E402
-from rvc_lora.utils import tune_allocator
 
 
 def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
@@ -87,12 +87,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="vectors in the retrieval index (default 30000, ~10 min of training audio)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch default)")
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
+    add_allocator_flag(parser)
     args = parser.parse_args(argv)
-    if args.no_malloc_tuning:
-        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
-    allocator = "tuned" if tune_allocator() else "default"
+    allocator = setup_allocator(args)
     seconds, repeats, swaps = args.seconds, max(1, args.repeats), 10
     if args.quick:
         seconds, repeats, swaps = min(seconds, 5.0), 1, 4

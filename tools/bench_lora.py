@@ -11,7 +11,6 @@ parameters and fp16 adapter file size per rank. Prints a markdown table.
 from __future__ import annotations
 
 import argparse
-import os
 import platform
 import statistics
 import tempfile
@@ -19,11 +18,12 @@ import time
 from pathlib import Path
 
 import torch
+from bench_common import add_allocator_flag, setup_allocator
 
 from rvc_lora.generator_lora import GeneratorLoRA
 from rvc_lora.lora import LoRAConfig, fold_all_weight_norm, merge_and_unload
 from rvc_lora.models import build_synthesizer
-from rvc_lora.utils import resolve_device, tune_allocator
+from rvc_lora.utils import resolve_device
 
 
 def _randomize(lora: GeneratorLoRA) -> None:
@@ -37,12 +37,9 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=10.0, help="audio length per generator call")
     parser.add_argument("--rounds", type=int, default=5, help="interleaved timing rounds (median reported)")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
+    add_allocator_flag(parser)
     args = parser.parse_args()
-    if args.no_malloc_tuning:
-        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
-    allocator = "tuned" if tune_allocator() else "default"
+    allocator = setup_allocator(args)
     device = resolve_device(args.device)
     torch.manual_seed(0)
     synth = build_synthesizer(version="v2", sample_rate=40000, f0=True).eval()

@@ -18,8 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from rvc_lora.utils import tune_allocator
+from bench_common import add_allocator_flag, setup_allocator
 
 
 def make_audio(folder: Path, seconds: float, sr: int = 44100, seed: int = 0) -> float:
@@ -48,12 +47,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="data.num_workers")
     parser.add_argument("--pitch", default="auto", help="pitch.method (auto = fcpe without rmvpe weights)")
     parser.add_argument("--model", default="v2_40k", help="model config group")
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
+    add_allocator_flag(parser)
     args = parser.parse_args()
-    if args.no_malloc_tuning:
-        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
-    allocator = "tuned" if tune_allocator() else "default"
+    allocator = setup_allocator(args)
 
     from rvc_lora.config import load_config
     from rvc_lora.features.content_testing import make_random_checkpoint

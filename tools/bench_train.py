@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from rvc_lora.utils import tune_allocator
+from bench_common import add_allocator_flag, setup_allocator
 
 MODES = {
     "full fine-tune (adapter=none)": ["adapter=none", "trainer.discriminator=train"],
@@ -108,12 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--modes", nargs="*", default=None, help="subset of mode names (default: all)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--no-malloc-tuning", action="store_true",
-                        help="keep glibc's default allocator settings (the rvc-lora command tunes them)")
+    add_allocator_flag(parser)
     args = parser.parse_args(argv)
-    if args.no_malloc_tuning:
-        os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"  # also for worker subprocesses
-    allocator = "tuned" if tune_allocator() else "default"
+    allocator = setup_allocator(args)
     if args.worker:
         print(json.dumps(worker(Path(args.root), MODES[args.worker], args.steps, args.tiny)))
         return 0
