@@ -25,6 +25,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from rvc_lora.lora.weight_norm import split_weight_norm
 from rvc_lora.models import (
     SHIPPED_CONFIGS,
     Synthesizer,
@@ -282,13 +283,6 @@ def load_rvc(path: str | Path, strict: bool = True) -> RVCCheckpoint:
     )
 
 
-def split_weight_norm_tensor(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Express a plain weight as RVC's (g, v): v = W, g = ||W|| over every dim but 0 (keepdim)."""
-    dims = tuple(range(1, weight.dim()))
-    g = torch.linalg.vector_norm(weight.float(), dim=dims, keepdim=True).to(weight.dtype)
-    return g, weight.clone()
-
-
 def rvc_state_dict(model: Synthesizer) -> dict[str, torch.Tensor]:
     """The synthesizer's state dict with exactly RVC's key names (enc_q dropped).
 
@@ -310,7 +304,7 @@ def rvc_state_dict(model: Synthesizer) -> dict[str, torch.Tensor]:
             plain = state.get(key[: -len("_g")])
             if plain is None:
                 continue
-            g, v = split_weight_norm_tensor(plain)
+            g, v = split_weight_norm(plain)
             out[key] = g if key.endswith("_g") else v
     extra = [k for k in state if k not in wanted and not (k.endswith(".weight") and k + "_g" in wanted)]
     missing = [k for k in wanted if k not in out]
@@ -423,5 +417,4 @@ __all__ = [
     "rvc_state_dict",
     "save_pretrained",
     "save_rvc",
-    "split_weight_norm_tensor",
 ]

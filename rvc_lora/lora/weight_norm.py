@@ -12,10 +12,14 @@ from torch.nn.utils import parametrize
 
 
 def _norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
-    """L2 norm of ``v`` over all dims but 0, keepdim (shape ``[v.shape[0], 1, ...]``)."""
+    """L2 norm of ``v`` over all dims but 0, keepdim (shape ``[v.shape[0], 1, ...]``), in ``v``'s dtype.
+
+    Computed in at least fp32, so fp16 weights cannot overflow the sum of squares.
+    """
     if v.dim() == 1:
         return v.abs()
-    return v.norm(p=2, dim=tuple(range(1, v.dim())), keepdim=True)
+    acc = torch.promote_types(v.dtype, torch.float32)
+    return v.to(acc).norm(p=2, dim=tuple(range(1, v.dim())), keepdim=True).to(v.dtype)
 
 
 def split_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
