@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from rvc_lora.lora import AdapterFile, check_fingerprint, read_adapter
-from rvc_lora.lora.inject import group_adapter_tensors
+from rvc_lora.lora.inject import group_adapter_tensors, set_adapter_parts
 from rvc_lora.lora.layers import wrapper_for
 from rvc_lora.utils import RVCLoraError
 
@@ -70,12 +70,7 @@ def compile_adapter(root: nn.Module, adapter: AdapterFile, device: torch.device)
             module = copy.deepcopy(module).float()  # deltas are computed in fp32
         try:
             layer = wrapper(module, path)  # a detached helper: never inserted into ``root``
-            if "diff" in parts:
-                layer.set_diff("a", parts["diff"].float(), parts.get("diff_b"))
-            else:
-                alpha = parts.get("alpha")
-                layer.set_factors("a", parts["lora_down"].float(), parts["lora_up"].float(),
-                                  None if alpha is None else float(alpha), parts.get("diff_b"))
+            set_adapter_parts(layer, "a", parts)  # cast to the fp32 helper module's dtype
             delta = layer.delta_weight("a").detach().to(device, torch.float32).clone()
             bias = layer.lora_bias["a"].detach().to(device, torch.float32).clone() if "a" in layer.lora_bias else None
         except ValueError as exc:

@@ -195,18 +195,25 @@ def load_lora_state_dict(root: nn.Module, tensors: dict[str, torch.Tensor], adap
                               + (" ..." if len(missing) > 8 else ""))
     for qname, parts in groups.items():
         layer = _wrap(root, qname, known[qname], fold_weight_norm)
-        if "diff" in parts and ("lora_down" in parts or "lora_up" in parts):
-            raise LoRATargetError(f"module '{qname}' has both a full diff and low-rank factors")
-        if "diff" in parts:
-            layer.set_diff(adapter_name, parts["diff"], parts.get("diff_b"))
-        elif "lora_down" in parts and "lora_up" in parts:
-            alpha = parts.get("alpha")
-            layer.set_factors(adapter_name, parts["lora_down"], parts["lora_up"],
-                              None if alpha is None else float(alpha), parts.get("diff_b"))
-        else:
-            raise LoRATargetError(f"module '{qname}' has an incomplete adapter: parts {sorted(parts)}")
+        set_adapter_parts(layer, adapter_name, parts)
         layer.set_strength(adapter_name, strength)
     return list(groups)
+
+
+def set_adapter_parts(layer: LoRALayer, adapter_name: str, parts: dict[str, torch.Tensor]) -> None:
+    """Give ``layer`` adapter ``adapter_name`` from one module's parts (see ``group_adapter_tensors``):
+    a full ``diff`` or a ``lora_down``/``lora_up`` pair (optional ``alpha``), plus an optional ``diff_b``."""
+    qname = layer.label
+    if "diff" in parts and ("lora_down" in parts or "lora_up" in parts):
+        raise LoRATargetError(f"module '{qname}' has both a full diff and low-rank factors")
+    if "diff" in parts:
+        layer.set_diff(adapter_name, parts["diff"], parts.get("diff_b"))
+    elif "lora_down" in parts and "lora_up" in parts:
+        alpha = parts.get("alpha")
+        layer.set_factors(adapter_name, parts["lora_down"], parts["lora_up"],
+                          None if alpha is None else float(alpha), parts.get("diff_b"))
+    else:
+        raise LoRATargetError(f"module '{qname}' has an incomplete adapter: parts {sorted(parts)}")
 
 
 def merge_lora(root: nn.Module) -> None:
