@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -211,12 +212,21 @@ class AdapterHost:
         return meta
 
     def save_adapter(self, path: str | os.PathLike, metadata: dict[str, Any] | None = None,
-                     dtype: str = "fp16", adapter_name: str = "default") -> Path:
-        """Write one adapter as safetensors with its metadata (``metadata`` adds e.g. training info)."""
+                     dtype: str = "fp16", adapter_name: str = "default",
+                     speaker_row: tuple[int, torch.Tensor] | None = None) -> Path:
+        """Write one adapter as safetensors with its metadata (``metadata`` adds e.g. training info).
+
+        ``speaker_row`` = (row, full ``[speakers, gin]`` delta) stores a trained speaker embedding row as
+        ``emb_g.diff``, which ``load_adapter`` applies.
+        """
         meta = self.metadata(adapter_name)
         if metadata:
             meta["training"] = metadata
-        return save_adapter(path, self.adapter_state_dict(adapter_name), meta, dtype=dtype)
+        tensors = self.adapter_state_dict(adapter_name)
+        if speaker_row is not None:
+            meta["speaker_row"] = int(speaker_row[0])
+            tensors[EMBEDDING_DIFF_KEY] = speaker_row[1].detach()
+        return save_adapter(path, tensors, meta, dtype=dtype)
 
     # -- switching ---------------------------------------------------------------------------------------
     def set_strength(self, adapter_name: str, strength: float) -> None:
@@ -291,9 +301,7 @@ class GeneratorLoRA(AdapterHost):
                  adapter_name: str = "default", info: dict[str, Any] | None = None):
         super().__init__({"dec.": generator}, info)
         if config is not None:
-            if not config.targets:
-                config = LoRAConfig(config.rank, config.alpha, config.dropout, GENERATOR_TARGETS, config.rs_lora)
-            self.add("dec.", config, adapter_name)
+            self.add("dec.", replace(config, targets=config.targets or GENERATOR_TARGETS), adapter_name)
 
     @property
     def generator(self) -> nn.Module:
@@ -321,15 +329,11 @@ class SynthesizerLoRA(AdapterHost):
         self.embedding = synth.emb_g if isinstance(synth.emb_g, nn.Embedding) else None
         if config is None:
             return
-        targets = config.targets or GENERATOR_TARGETS
-        self.add("dec.", LoRAConfig(config.rank, config.alpha, config.dropout, targets, config.rs_lora),
-                 adapter_name)
+        self.add("dec.", replace(config, targets=config.targets or GENERATOR_TARGETS), adapter_name)
         if flow:
-            self.add("flow.", LoRAConfig(config.rank, config.alpha, config.dropout, FLOW_TARGETS, config.rs_lora),
-                     adapter_name)
+            self.add("flow.", replace(config, targets=FLOW_TARGETS), adapter_name)
         if enc_p:
-            self.add("enc_p.", LoRAConfig(config.rank, config.alpha, config.dropout, ENC_P_TARGETS,
-                                          config.rs_lora), adapter_name)
+            self.add("enc_p.", replace(config, targets=ENC_P_TARGETS), adapter_name)
 
     def merge_and_unload(self) -> nn.Module:
         """Merge enabled adapters into the synthesizer and return it with plain modules only."""

@@ -253,3 +253,19 @@ def test_rerunning_a_finished_run_keeps_its_results(setup_dir, tmp_path):
     assert again.final_losses == first.final_losses and first.final_losses
     with safe_open(str(tmp_path / "run" / "adapter.safetensors"), "pt") as f:
         assert json.loads(f.metadata()["training"])["final_losses"]
+
+
+def test_trained_speaker_row_is_saved_and_loads_onto_the_base(setup_dir, tmp_path):
+    from rvc_lora.generator_lora import SynthesizerLoRA
+    from rvc_lora.lora import read_adapter
+
+    result = run_training(_cfg(setup_dir, tmp_path / "run", **{
+        "lora.train_speaker_embedding": True, "trainer.max_steps": 2, "trainer.validation_interval": 100}))
+    adapter = read_adapter(result.adapter_path)
+    diff = adapter.tensors["emb_g.diff"]
+    assert adapter.metadata["speaker_row"] == 0
+    assert diff[0].abs().sum() > 0 and diff[1:].abs().sum() == 0  # only the trained row moves
+    base = load_rvc(setup_dir / "G.pth").model
+    before = base.emb_g.weight.detach().clone()
+    SynthesizerLoRA(base).load_adapter(result.adapter_path)
+    assert torch.allclose(base.emb_g.weight, before + diff.float(), atol=1e-3)

@@ -10,7 +10,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from rvc_lora.checkpoint import save_pretrained, save_rvc
-from rvc_lora.lora import save_adapter
 
 if TYPE_CHECKING:
     from .loop import Trainer, TrainResult
@@ -25,15 +24,9 @@ def save_adapter_file(models: Models, path: str | Path, training: dict[str, Any]
     Metadata: the adapter host's (rank, alpha, targets, RVC version, rate, f0, base fingerprint) with
     ``training`` under the ``training`` key.
     """
-    adapters = models.adapters
-    if models.speaker_delta is None:
-        return adapters.save_adapter(path, metadata=training)
-    meta = adapters.metadata()
-    meta["training"] = training
-    tensors = dict(adapters.adapter_state_dict())
-    tensors["emb_g.diff"] = models.speaker_delta.diff().detach()
-    meta["speaker_row"] = models.speaker_delta.row
-    return save_adapter(path, tensors, meta)
+    delta = models.speaker_delta
+    row = None if delta is None else (delta.row, delta.diff())
+    return models.adapters.save_adapter(path, metadata=training, speaker_row=row)
 
 
 def link_or_copy(source: Path, target: Path) -> Path:
