@@ -17,6 +17,7 @@ from rvc_lora.lora import extract_lowrank, extracted_tensors, save_adapter, weig
 from rvc_lora.utils import RVCLoraError
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+LAYER_KINDS = {nn.Conv1d: "conv1d", nn.ConvTranspose1d: "conv_transpose1d", nn.Linear: "linear"}  # for extraction
 
 
 def parse_adapter_spec(spec: str) -> tuple[Path, float]:
@@ -96,7 +97,7 @@ def extract_adapter(base: str | os.PathLike, tuned: str | os.PathLike, out: str 
     patterns = targets or list(GENERATOR_TARGETS)
     modules = []
     for name, module in base_ckpt.model.dec.named_modules():
-        kind = {nn.Conv1d: "conv1d", nn.ConvTranspose1d: "conv_transpose1d", nn.Linear: "linear"}.get(type(module))
+        kind = LAYER_KINDS.get(type(module))
         if kind and any(fnmatch.fnmatchcase(name, p) for p in patterns):
             modules.append((name, kind))
     if not modules:
