@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,26 @@ def parse_adapter_spec(spec: str) -> tuple[Path, float]:
         except ValueError:
             pass
     return Path(spec), 1.0
+
+
+MAX_STRENGTH = 10.0
+
+
+def check_adapter_strength(strength: float, name: str = "adapter", force: bool = False) -> float:
+    """A usable adapter strength: finite, and ``|strength| <= MAX_STRENGTH`` unless ``force``.
+
+    Raises RVCLoraError naming ``name``; returns the strength as a float.
+    """
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise RVCLoraError(f"{name}: strength must be a number, got {strength!r}") from None
+    if not math.isfinite(value):
+        raise RVCLoraError(f"{name}: strength must be a finite number, got {strength!r}")
+    if abs(value) > MAX_STRENGTH and not force:
+        raise RVCLoraError(f"{name}: strength {value:g} is outside -{MAX_STRENGTH:g}..{MAX_STRENGTH:g} "
+                           "(adapters blend at strengths around 0..1; force to apply anyway)")
+    return value
 
 
 def attach_adapters(synth: nn.Module, adapters: list[tuple[Path, float]], force: bool = False,

@@ -154,6 +154,15 @@ class Converter:
         self._merger.apply(active)
         self.adapters[position] = (self.adapters[position][0], float(strength))
 
+    def check_adapter(self, path: str | os.PathLike, force: bool = False) -> None:
+        """Check an adapter file as :meth:`set_adapters` would (readable, base fingerprint, shapes) without
+        applying it; raises RVCLoraError naming the file."""
+        self._merger.load(path, force=force)
+
+    def base_fingerprint(self, module_paths: Iterable[str]) -> str:
+        """This model's base fingerprint over ``module_paths`` (what an adapter file stores)."""
+        return self._merger.fingerprint(sorted(module_paths))
+
     def adapter_cache_stats(self) -> tuple[int, int]:
         """(hits, misses) of the compiled-adapter cache since load: a miss reads and compiles a file."""
         return self._merger.cache_hits, self._merger.cache_misses

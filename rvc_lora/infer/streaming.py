@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -362,15 +363,21 @@ class StreamingConverter:
 
 
 def stream_convert(converter: Converter, audio: np.ndarray, sr: int, options: ConvertOptions | None = None,
-                   settings: StreamSettings | None = None) -> tuple[np.ndarray, int, StreamingConverter]:
+                   settings: StreamSettings | None = None, progress: Callable[[int], object] | None = None
+                   ) -> tuple[np.ndarray, int, StreamingConverter]:
     """Convert mono audio [N] at ``sr`` block by block, as a live stream would, and undo the stream's lag.
 
+    ``progress(n)`` is called with the input samples consumed after each block.
     Returns (audio [round(N * out_rate / sr)] float32, output rate, the StreamingConverter with its stats).
     """
     stream = StreamingConverter(converter, options, settings, input_rate=sr)
     audio = np.asarray(audio, dtype=np.float32).reshape(-1)
     step = stream.block_samples
-    pieces = [stream.process(audio[i:i + step]) for i in range(0, audio.shape[0], step)]
+    pieces = []
+    for i in range(0, audio.shape[0], step):
+        pieces.append(stream.process(audio[i:i + step]))
+        if progress is not None:
+            progress(min(step, audio.shape[0] - i))
     pieces.append(stream.flush())
     out = np.concatenate(pieces)[stream.lag:]
     n_out = int(round(audio.shape[0] * stream.output_rate / sr))
