@@ -351,3 +351,42 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
     code = main(["serve", "--model", "m.pth", "--adapters", "."])
     assert code == 2
     assert "pip install 'rvc-lora[serve]'" in capsys.readouterr().err
+
+
+def test_web_page_in_headless_chromium_uploads_converts_and_plays(server, tmp_path):
+    from chromium_driver import Chromium, find_chromium
+
+    binary = find_chromium()
+    if binary is None:
+        pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
+    voice = tmp_path / "voice.wav"
+    voice.write_bytes(wav_bytes(speech_like(1.0, seed=4), SR))
+    with Chromium(binary) as page:
+        page.navigate(f"{server}/")
+        page.wait_for("!document.getElementById('token-box').hidden")  # the API asked for the token
+        page.evaluate(f"document.getElementById('token').value = {json.dumps(TOKEN)}; "
+                      "document.getElementById('token-save').click()")
+        page.wait_for("document.querySelectorAll('input[data-adapter]').length >= 3")
+        page.set_files("#audio-file", voice)
+        page.wait_for("!document.getElementById('convert').disabled")
+        page.evaluate("const s = document.querySelector('input[data-adapter=\"alice\"]'); s.value = '0.8'; "
+                      "s.dispatchEvent(new Event('input')); document.getElementById('pitch').value = '5'; "
+                      "document.getElementById('convert').click()")
+        page.wait_for("!document.getElementById('result').hidden || "
+                      "document.getElementById('status').className === 'error'", timeout=120)
+        status = page.evaluate("document.getElementById('status').textContent")
+        assert status.startswith("done"), status
+        played = page.evaluate("""(async () => {
+            const a = document.getElementById('result-audio');
+            if (a.readyState < 1) await new Promise((ok, bad) => {
+                a.onloadedmetadata = ok; a.onerror = () => bad(new Error('media error ' + a.error.code)); });
+            const data = await (await fetch(a.src)).arrayBuffer();
+            const audio = await new OfflineAudioContext(1, 1, 40000).decodeAudioData(data);
+            const samples = audio.getChannelData(0);
+            return {duration: a.duration, error: a.error ? a.error.code : null, length: audio.length,
+                    rate: audio.sampleRate, peak: samples.reduce((m, x) => Math.max(m, Math.abs(x)), 0),
+                    download: document.getElementById('download').download};
+        })()""")
+    assert played["error"] is None and played["duration"] == pytest.approx(1.0, abs=0.02)
+    assert played["rate"] == 40000 and played["length"] == pytest.approx(40000, abs=400)
+    assert played["peak"] > 1e-3 and played["download"] == "voice-converted.wav"

@@ -45,7 +45,7 @@ from rvc_lora.utils import RVCLoraError
 
 log = logging.getLogger("rvc_lora.serve")
 STATIC = Path(__file__).resolve().parent / "static"
-PAGE_POLICY = ("default-src 'self'; media-src 'self' blob:; connect-src 'self'; img-src 'self' data:; "
+PAGE_POLICY = ("default-src 'self'; media-src 'self' blob:; connect-src 'self' blob:; img-src 'self' data:; "
                "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
 STREAM_KEYS = frozenset({"block", "crossfade", "search", "context", "content_context", "pitch_context", "margin"})
 
