@@ -27,22 +27,12 @@ from rvc_lora.serve.app import ServeLimits, create_app  # noqa: E402
 from rvc_lora.serve.service import load_service  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
+from audio_fixtures import tone_with_noise_burst  # noqa: E402
 from serve_helpers import make_adapter, read_audio_bytes, running_server, wav_bytes  # noqa: E402
 
 SR = 16000
 TOKEN = "test-token-0123"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def speech_like(seconds: float, sr: int = SR, seed: int = 0) -> np.ndarray:
-    """A 220 Hz harmonic tone with a noise burst in the middle (voiced + unvoiced frames)."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * sr)
-    t = np.arange(n) / sr
-    x = 0.3 * (np.sin(2 * np.pi * 220 * t) + 0.4 * np.sin(2 * np.pi * 440 * t))
-    mid = slice(int(0.4 * n), int(0.55 * n))
-    x[mid] = 0.05 * rng.standard_normal(x[mid].shape[0])
-    return x.astype(np.float32)
 
 
 @pytest.fixture(scope="module")
@@ -96,7 +86,7 @@ def convert(url: str, audio_bytes: bytes | None, options: dict | str | None = No
 
 
 def test_convert_over_http_equals_the_cli_output(server, files, tmp_path):
-    audio = speech_like(1.0)
+    audio = tone_with_noise_burst(1.0)
     source = tmp_path / "in.wav"
     source.write_bytes(wav_bytes(audio, SR))
     options = {"pitch": 3, "f0_method": "pm", "rms_mix": 0.5, "protect": 0.3, "seed": 0,
@@ -124,7 +114,7 @@ def test_convert_over_http_equals_the_cli_output(server, files, tmp_path):
 
 
 def test_simultaneous_requests_with_different_adapters_do_not_cross_talk(server):
-    audio = wav_bytes(speech_like(0.8, seed=1), SR)
+    audio = wav_bytes(tone_with_noise_burst(0.8, seed=1), SR)
     configs = [
         [{"name": "alice", "strength": 1.0}],
         [{"name": "bob", "strength": 1.0}],
@@ -194,7 +184,7 @@ BAD_REQUESTS = {
 
 
 def _ok_audio() -> bytes:
-    return wav_bytes(speech_like(0.5, seed=2), SR)
+    return wav_bytes(tone_with_noise_burst(0.5, seed=2), SR)
 
 
 FOREIGN: dict[str, bytes] = {}
@@ -285,7 +275,7 @@ def test_full_queue_gets_429_and_a_timed_out_request_503(files):
 
 
 def test_stream_over_websocket_equals_the_python_streaming_converter(server, files):
-    audio = speech_like(1.2, seed=3)
+    audio = tone_with_noise_burst(1.2, seed=3)
     options = {"seed": 0, "f0_method": "pm", "adapters": [{"name": "carol", "strength": 0.8}]}
     stream_settings = {"block": 0.2, "crossfade": 0.04, "context": 0.6}
 
@@ -360,7 +350,7 @@ def test_web_page_in_headless_chromium_uploads_converts_and_plays(server, tmp_pa
     if binary is None:
         pytest.skip("chromium is not installed (Debian: apt-get install chromium)")
     voice = tmp_path / "voice.wav"
-    voice.write_bytes(wav_bytes(speech_like(1.0, seed=4), SR))
+    voice.write_bytes(wav_bytes(tone_with_noise_burst(1.0, seed=4), SR))
     with Chromium(binary) as page:
         page.navigate(f"{server}/")
         page.wait_for("!document.getElementById('token-box').hidden")  # the API asked for the token

@@ -151,20 +151,43 @@ def _snr(estimate: np.ndarray, reference: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((estimate - reference) ** 2), 1e-30)))
 
 
-def test_streaming_10s_matches_offline_conversion_away_from_block_seams(local_converter, no_noise):
+def _seam_mask(stream: StreamingConverter, n: int) -> np.ndarray:
+    """True away from block seams: outside [seam - 20 ms, seam + crossfade + 20 ms) of every block start."""
+    hop, lay = stream.hop, stream.layout
+    away = np.ones(n, dtype=bool)
+    for seam in range(-stream.lag, n, lay.block * hop):
+        away[max(0, seam - 2 * hop):max(0, seam + (lay.crossfade + 2) * hop)] = False
+    return away
+
+
+@pytest.fixture(scope="module")
+def dio_converter(fixture_model_path, hubert):
+    return Converter(fixture_model_path, hubert, device="cpu", f0_method="dio", constants=CONSTANTS)
+
+
+def test_streaming_10s_matches_offline_conversion_away_from_block_seams(dio_converter, no_noise):
     audio = speech_like(10.0)
     options = ConvertOptions(rms_mix=1.0)  # the offline loudness mix uses whole-file envelopes
-    offline, sr = local_converter.convert(audio, SR, options)
-    settings = StreamSettings(block=0.5, crossfade=0.05)
-    streamed, sr_s, stream = stream_convert(local_converter, audio, SR, options, settings)
+    offline, sr = dio_converter.convert(audio, SR, options)
+    streamed, sr_s, stream = stream_convert(dio_converter, audio, SR, options, StreamSettings(block=0.5))
     assert sr_s == sr and streamed.shape == offline.shape
-    hop, lay = stream.hop, stream.layout
+    lay = stream.layout
     assert len(stream.stats.block_seconds) == 1000 // lay.block + int(np.ceil(lay.crossfade / lay.block))
-    away = np.ones(streamed.shape[0], dtype=bool)
-    guard = (lay.crossfade + 2) * hop  # the crossfade plus 20 ms on either side
-    for seam in range(-stream.lag, streamed.shape[0], lay.block * hop):
-        away[max(0, seam - 2 * hop):max(0, seam + guard)] = False
-    # measured on the fixture model (CPU): 68.4 dB away from seams, 47.0 dB over everything
+    away = _seam_mask(stream, streamed.shape[0])
+    # measured (fixture model, tiny random HuBERT, CPU): 31.7 dB away from seams, 30.4 dB over everything.
+    # What remains is context: HuBERT and the text encoder attend over a 2-3 s window, not the whole file.
+    assert _snr(streamed[away], offline[away]) > 28.0
+    assert _snr(streamed, offline) > 27.0
+
+
+def test_streaming_machinery_reproduces_offline_when_the_models_need_no_context(local_converter, no_noise):
+    audio = speech_like(4.0, seed=1)
+    options = ConvertOptions(rms_mix=1.0)
+    offline, _ = local_converter.convert(audio, SR, options)
+    streamed, _, stream = stream_convert(local_converter, audio, SR, options, StreamSettings(block=0.5))
+    away = _seam_mask(stream, streamed.shape[0])
+    # measured: 68 dB away from seams, 47 dB over everything (10 s); caches, skip_head decoding, phase
+    # continuation and crossfade add nothing beyond float rounding away from the seams.
     assert _snr(streamed[away], offline[away]) > 50.0
     assert _snr(streamed, offline) > 30.0
 
@@ -214,3 +237,40 @@ def test_stream_refuses_f0_curves_and_bad_blocks(local_converter):
     stream = StreamingConverter(local_converter)
     with pytest.raises(RVCLoraError, match="NaN"):
         stream.process(np.array([0.0, np.nan], dtype=np.float32))
+
+
+def test_live_command_streams_a_file_to_a_file(fixture_model_path, hubert, tmp_path):
+    import soundfile as sf
+
+    from rvc_lora.cli import main
+
+    audio = speech_like(1.0, seed=3)
+    source, target = tmp_path / "in.wav", tmp_path / "out.wav"
+    sf.write(source, audio, SR, subtype="FLOAT")
+    code = main(["live", "--input", str(source), "--output", str(target), "--model", str(fixture_model_path),
+                 "--hubert", str(hubert), "--f0-method", "pm", "--device", "cpu", "--seed", "0", "--pitch", "2",
+                 "--block", "0.2", "--context", "0.6"])
+    assert code == 0
+    written, sr = sf.read(target, dtype="float32")
+    conv = Converter(fixture_model_path, hubert, device="cpu", f0_method="pm")
+    expected, _, _ = stream_convert(conv, audio, SR, ConvertOptions(seed=0, pitch=2),
+                                    StreamSettings(block=0.2, context=0.6))
+    assert sr == 40000 and written.shape == (40000,)
+    assert np.array_equal(written, expected)
+
+
+def test_live_from_the_microphone_without_sounddevice_says_what_to_install(fixture_model_path, monkeypatch, capsys):
+    import builtins
+
+    from rvc_lora.cli import main
+
+    real_import = builtins.__import__
+
+    def no_sounddevice(name, *args, **kwargs):
+        if name == "sounddevice":
+            raise ImportError("No module named 'sounddevice'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_sounddevice)
+    assert main(["live", "--model", str(fixture_model_path)]) == 2
+    assert "pip install sounddevice" in capsys.readouterr().err
