@@ -23,8 +23,8 @@ from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E4
 from rvc_lora.infer import Converter, ConvertOptions  # noqa: E402
 from rvc_lora.infer.command import main as convert_main  # noqa: E402
 from rvc_lora.infer.streaming import StreamingConverter, StreamSettings  # noqa: E402
-from rvc_lora.serve.app import ServeLimits, create_app  # noqa: E402
-from rvc_lora.serve.service import load_service  # noqa: E402
+from rvc_lora.serve.app import create_app  # noqa: E402
+from rvc_lora.serve.service import ServeLimits, load_service  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from audio_fixtures import tone_with_noise_burst  # noqa: E402

@@ -35,7 +35,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
                        help="past audio the pitch extractor sees each block (default 0.3)")
     group.add_argument("--margin", type=float, default=0.1, help="decoder warm-up, decoded and dropped (default 0.1)")
     parser.add_argument("--seconds", type=float, help="stop the microphone after this long (default: Ctrl-C)")
-    parser.add_argument("--sample-rate-in", type=int, default=48000, help="microphone sample rate (default 48000)")
+    parser.add_argument("--mic-rate", type=int, default=48000, help="microphone sample rate (default 48000)")
 
 
 def _sounddevice():
@@ -104,14 +104,14 @@ def run_live(args: argparse.Namespace) -> int:
         _report(stream, audio.shape[0] / sr)
         return 0
 
-    stream = StreamingConverter(converter, options, settings, input_rate=args.sample_rate_in)
+    stream = StreamingConverter(converter, options, settings, input_rate=args.mic_rate)
     step = stream.block_samples
     recorded = []
     start = time.monotonic()
     print(f"listening (block {settings.block:g} s, latency {stream.latency * 1000:.0f} ms); Ctrl-C to stop",
           file=sys.stderr)
     try:
-        with sd.InputStream(samplerate=args.sample_rate_in, channels=1, dtype="float32", blocksize=step) as mic, \
+        with sd.InputStream(samplerate=args.mic_rate, channels=1, dtype="float32", blocksize=step) as mic, \
                 (sd.OutputStream(samplerate=stream.output_rate, channels=1, dtype="float32")
                  if not args.output else _NoSpeakers()) as speakers:
             while args.seconds is None or time.monotonic() - start < args.seconds:

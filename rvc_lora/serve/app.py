@@ -10,12 +10,9 @@ from __future__ import annotations
 
 import hmac
 import io
-import json
 import logging
 import os
 import tempfile
-import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,128 +24,23 @@ from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.websockets import WebSocketDisconnect
 
 from rvc_lora.infer.converter import OUTPUT_FORMATS
-from rvc_lora.infer.streaming import StreamingConverter, StreamSettings
-from rvc_lora.serve.engine import Engine, Overloaded, ShuttingDown, TimedOut, Worker
+from rvc_lora.serve.engine import Engine
+from rvc_lora.serve.errors import ENGINE_ERRORS, RequestError, engine_error, without_path
+from rvc_lora.serve.jobs import convert_job
 from rvc_lora.serve.metrics import ServeMetrics
-from rvc_lora.serve.options import (
-    ConvertRequest,
-    ModelInfo,
-    RequestError,
-    parse_convert_request,
-    parse_options_json,
-)
+from rvc_lora.serve.middleware import BodyLimit, Metered
+from rvc_lora.serve.options import ModelInfo, parse_convert_request, parse_options_json
 from rvc_lora.serve.registry import AdapterEntry, AdapterRegistry, BadAdapterName, looks_like_safetensors
+from rvc_lora.serve.service import ServeLimits
+from rvc_lora.serve.websocket import stream_session, ws_fail
 from rvc_lora.utils import RVCLoraError
 
 log = logging.getLogger("rvc_lora.serve")
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_POLICY = ("default-src 'self'; media-src 'self' blob:; connect-src 'self' blob:; img-src 'self' data:; "
                "style-src 'self'; script-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'")
-STREAM_KEYS = frozenset({"block", "crossfade", "search", "context", "content_context", "pitch_context", "margin"})
-
-
-@dataclass(frozen=True)
-class ServeLimits:
-    """Request limits and switches (see ``rvc-lora serve --help``)."""
-
-    max_upload_bytes: int = 50 * 1024 * 1024
-    max_audio_seconds: float = 600.0
-    max_adapter_bytes: int = 64 * 1024 * 1024
-    timeout: float = 300.0
-    max_streams: int = 4
-    stream_idle_seconds: float = 30.0
-    max_stream_message_bytes: int = 4 * 1024 * 1024
-    allow_upload: bool = False
-
-
-class _BodyTooLarge(Exception):
-    pass
-
-
-class BodyLimit:
-    """ASGI middleware: refuse request bodies over a per-path limit (413), by header and while reading."""
-
-    def __init__(self, app, limits: dict[str, int]) -> None:
-        self.app = app
-        self.limits = limits
-
-    async def __call__(self, scope, receive, send):
-        limit = self.limits.get(scope.get("path", "")) if scope["type"] == "http" else None
-        if limit is None:
-            await self.app(scope, receive, send)
-            return
-        for name, value in scope.get("headers", []):
-            if name == b"content-length" and value.isdigit() and int(value) > limit:
-                await _send_json(send, 413, None, f"request body of {int(value)} bytes exceeds the limit of "
-                                                  f"{limit} bytes")
-                return
-        received = 0
-        started = False
-
-        async def limited_receive():
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > limit:
-                    raise _BodyTooLarge
-            return message
-
-        async def tracked_send(message):
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, limited_receive, tracked_send)
-        except _BodyTooLarge:
-            if not started:
-                await _send_json(send, 413, None, f"request body exceeds the limit of {limit} bytes")
-
-
-async def _send_json(send, status: int, field: str | None, message: str) -> None:
-    body = json.dumps(RequestError(status, field, message).payload()).encode()
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                            (b"connection", b"close")]})
-    await send({"type": "http.response.body", "body": body})
-
-
-class Metered:
-    """ASGI middleware: count requests by endpoint and status, and time them."""
-
-    ENDPOINTS = {"/", "/healthz", "/metrics", "/v1/models", "/v1/adapters", "/v1/convert"}
-
-    def __init__(self, app, metrics: ServeMetrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        path = scope.get("path", "")
-        endpoint = f"{scope['method']} {path if path in self.ENDPOINTS else 'other'}"
-        status = 500
-        start = time.perf_counter()
-
-        async def status_send(message):
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, status_send)
-        finally:
-            self.metrics.requests.labels(endpoint, str(status)).inc()
-            if status >= 400:
-                self.metrics.errors.labels(endpoint, str(status)).inc()
-            self.metrics.latency.labels(endpoint).observe(time.perf_counter() - start)
 
 
 def _error_response(exc: RequestError) -> JSONResponse:
@@ -156,19 +48,6 @@ def _error_response(exc: RequestError) -> JSONResponse:
     if exc.status in (429, 503):
         headers = {"Retry-After": "5"}
     return JSONResponse(exc.payload(), status_code=exc.status, headers=headers)
-
-
-ENGINE_ERRORS = (Overloaded, TimedOut, ShuttingDown)
-
-
-def _engine_error(exc: Overloaded | TimedOut | ShuttingDown) -> RequestError:
-    """429 for a full queue, 503 for a timeout or a shutdown."""
-    return RequestError(429 if isinstance(exc, Overloaded) else 503, None, str(exc))
-
-
-def _without_path(message: str, path: str | os.PathLike, label: str) -> str:
-    """An error message with a server-side temporary path replaced by the client's label."""
-    return message.replace(str(path), label)
 
 
 def _encode(audio: np.ndarray, sr: int, fmt: str) -> bytes:
@@ -261,7 +140,7 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
             try:
                 adapter = read_adapter(entry.path)
             except RVCLoraError as exc:
-                row["error"] = _without_path(str(exc), entry.path, entry.name)
+                row["error"] = without_path(str(exc), entry.path, entry.name)
             else:
                 meta, kinds = adapter.metadata, set(adapter.modules.values())
                 ranks = sorted(set(adapter.ranks().values()))
@@ -313,9 +192,9 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
             try:
                 await engine.run(lambda worker: worker.converter.check_adapter(tmp), limits.timeout)
             except ENGINE_ERRORS as exc:
-                raise _engine_error(exc) from None
+                raise engine_error(exc) from None
             except RVCLoraError as exc:
-                raise RequestError(422, "file", _without_path(str(exc), tmp, f"{name}.safetensors")) from None
+                raise RequestError(422, "file", without_path(str(exc), tmp, f"{name}.safetensors")) from None
             try:
                 os.link(tmp, target)  # fails if the name was taken meanwhile; never overwrites
             except FileExistsError:
@@ -348,7 +227,7 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
             except RequestError:
                 raise
             except RVCLoraError as exc:
-                raise RequestError(400, "audio", _without_path(str(exc), path, label)) from None
+                raise RequestError(400, "audio", without_path(str(exc), path, label)) from None
 
     @app.post("/v1/convert")
     async def convert(request: Request) -> Response:
@@ -368,9 +247,9 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
         audio, sr = await anyio.to_thread.run_sync(decode, upload, label)
         try:
             out, out_sr, compute = await engine.run(
-                lambda worker: _convert_job(worker, parsed, audio, sr, metrics, registry), limits.timeout)
+                lambda worker: convert_job(worker, parsed, audio, sr, metrics, registry), limits.timeout)
         except ENGINE_ERRORS as exc:
-            raise _engine_error(exc) from None
+            raise engine_error(exc) from None
         seconds = audio.shape[0] / sr
         metrics.audio_seconds.labels("convert").inc(seconds)
         metrics.rtf.observe(compute / max(seconds, 1e-9))
@@ -386,13 +265,13 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
     async def stream(ws: WebSocket) -> None:
         await ws.accept()
         if streams["open"] >= limits.max_streams:
-            await _ws_fail(ws, RequestError(503, None, f"{limits.max_streams} streams already open; retry later"),
+            await ws_fail(ws, RequestError(503, None, f"{limits.max_streams} streams already open; retry later"),
                            metrics)
             return
         streams["open"] += 1
         metrics.streams.inc()
         try:
-            await _stream_session(ws, engine, registry, model, limits, metrics, authorized(ws.headers.get(
+            await stream_session(ws, engine, registry, model, limits, metrics, authorized(ws.headers.get(
                 "authorization")), authorized)
         finally:
             streams["open"] -= 1
@@ -405,146 +284,3 @@ def _safe_filename(stem: str) -> str:
     return "".join(c if c.isalnum() or c in "._-" else "_" for c in stem)[:80] or "audio"
 
 
-def _use(worker: Worker, request: ConvertRequest, metrics: ServeMetrics, registry: AdapterRegistry) -> None:
-    """Select the request's adapters and pitch method on ``worker``; adapter problems name the adapter."""
-    try:
-        metrics.swap(worker.use(request.adapters, request.f0_method))
-    except RVCLoraError as exc:
-        raise RequestError(422, "options.adapters", _without_path(str(exc), f"{registry.folder}{os.sep}", "")) \
-            from None
-
-
-def _convert_job(worker: Worker, request: ConvertRequest, audio: np.ndarray, sr: int, metrics: ServeMetrics,
-                 registry: AdapterRegistry) -> tuple[np.ndarray, int, float]:
-    """Runs on a worker: select the adapters and pitch method, convert; returns (audio, rate, compute seconds)."""
-    _use(worker, request, metrics, registry)
-    conv = worker.converter
-    before = dict(conv.times.__dict__)
-    start = time.perf_counter()
-    try:
-        out, out_sr = conv.convert(audio, sr, request.options)
-    except RVCLoraError as exc:
-        raise RequestError(422, "audio", str(exc)) from None
-    compute = time.perf_counter() - start
-    for stage in ("pitch", "content", "index", "synthesis", "other"):
-        metrics.compute_seconds.labels(stage).inc(getattr(conv.times, stage) - before[stage])
-    return out, out_sr, compute
-
-
-async def _ws_fail(ws: WebSocket, error: RequestError, metrics: ServeMetrics) -> None:
-    metrics.requests.labels("WS /v1/stream", str(error.status)).inc()
-    metrics.errors.labels("WS /v1/stream", str(error.status)).inc()
-    code = 1013 if error.status in (429, 503) else 1011 if error.status >= 500 else 1008
-    try:
-        await ws.send_text(json.dumps({"type": "error", **error.payload()}))
-        await ws.close(code=code, reason=error.message[:120])
-    except (WebSocketDisconnect, RuntimeError):
-        pass
-
-
-async def _receive(ws: WebSocket, seconds: float) -> dict[str, Any]:
-    try:
-        with anyio.fail_after(seconds):
-            return await ws.receive()
-    except TimeoutError:
-        raise RequestError(408, None, f"no message for {seconds:g} s; closing the stream") from None
-
-
-def _stream_setup(text: str | None, registry: AdapterRegistry, model: ModelInfo,
-                  header_ok: bool, authorized) -> tuple[ConvertRequest, StreamSettings, int]:
-    """The first message: ``{"token"?, "sample_rate", "options": {...}, "stream": {...}}``."""
-    if text is None:
-        raise RequestError(400, "config", "the first message must be a JSON text message (sample_rate, options, "
-                                          "stream)")
-    raw = parse_options_json(text, "config")
-    unknown = sorted(set(raw) - {"token", "sample_rate", "options", "stream"})
-    if unknown:
-        raise RequestError(400, unknown[0], "unknown key (expected token, sample_rate, options, stream)")
-    if not header_ok and not authorized(f"Bearer {raw.get('token') or ''}"):
-        raise RequestError(401, "token", "missing or wrong token (Authorization header or \"token\" in the first "
-                                         "message)")
-    rate = raw.get("sample_rate", 16000)
-    if isinstance(rate, bool) or not isinstance(rate, int) or not 8000 <= rate <= 384000:
-        raise RequestError(422, "sample_rate", f"must be an integer within 8000..384000, got {json.dumps(rate)}")
-    options = raw.get("options") or {}
-    if not isinstance(options, dict):
-        raise RequestError(400, "options", "must be a JSON object")
-    request = parse_convert_request(options, registry, model)
-    settings_raw = raw.get("stream") or {}
-    if not isinstance(settings_raw, dict):
-        raise RequestError(400, "stream", "must be a JSON object")
-    for key, value in settings_raw.items():
-        if key not in STREAM_KEYS:
-            raise RequestError(400, f"stream.{key}", f"unknown key (known: {', '.join(sorted(STREAM_KEYS))})")
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise RequestError(400, f"stream.{key}", f"must be a number of seconds, got {json.dumps(value)}")
-    try:
-        settings = StreamSettings(**settings_raw)
-    except RVCLoraError as exc:
-        raise RequestError(422, "stream", str(exc)) from None
-    return request, settings, rate
-
-
-async def _stream_session(ws: WebSocket, engine: Engine, registry: AdapterRegistry, model: ModelInfo,
-                          limits: ServeLimits, metrics: ServeMetrics, header_ok: bool, authorized) -> None:
-    """One WebSocket stream: config message, then binary float32 blocks in, converted blocks out."""
-    try:
-        first = await _receive(ws, limits.stream_idle_seconds)
-        if first["type"] == "websocket.disconnect":
-            return
-        request, settings, rate = _stream_setup(first.get("text"), registry, model, header_ok, authorized)
-
-        def start(worker: Worker) -> StreamingConverter:
-            return StreamingConverter(worker.converter, request.options, settings, input_rate=rate)
-
-        stream = await engine.run(start, limits.timeout)
-        await ws.send_text(json.dumps({"type": "ready", "input_rate": rate, "output_rate": stream.output_rate,
-                                       "block_samples": stream.block_samples, "latency": stream.latency,
-                                       "lag": stream.lag}))
-
-        def step(samples: np.ndarray | None):
-            def job(worker: Worker) -> np.ndarray:
-                _use(worker, request, metrics, registry)
-                stream.converter = worker.converter
-                return stream.flush() if samples is None else stream.process(samples)
-            return job
-
-        while True:
-            message = await _receive(ws, limits.stream_idle_seconds)
-            if message["type"] == "websocket.disconnect":
-                break
-            data, text = message.get("bytes"), message.get("text")
-            if data is not None:
-                if len(data) > limits.max_stream_message_bytes or len(data) % 4:
-                    raise RequestError(400, "audio", f"binary messages carry float32 samples: a multiple of 4 "
-                                                     f"bytes, at most {limits.max_stream_message_bytes}")
-                samples = np.frombuffer(data, dtype="<f4").astype(np.float32)
-                out = await engine.run(step(samples), limits.timeout)
-                metrics.audio_seconds.labels("stream").inc(samples.shape[0] / rate)
-                await ws.send_bytes(out.astype("<f4").tobytes())
-            elif text is not None:
-                try:
-                    kind = json.loads(text).get("type")
-                except (ValueError, AttributeError):
-                    kind = None
-                if kind != "end":
-                    raise RequestError(400, "type", "text messages after the first must be {\"type\": \"end\"}")
-                out = await engine.run(step(None), limits.timeout)
-                await ws.send_bytes(out.astype("<f4").tobytes())
-                blocks = stream.stats.block_seconds
-                await ws.send_text(json.dumps({"type": "done", "blocks": len(blocks),
-                                               "mean_block_seconds": float(np.mean(blocks)) if blocks else 0.0}))
-                await ws.close()
-                break
-        metrics.requests.labels("WS /v1/stream", "200").inc()
-    except WebSocketDisconnect:
-        pass
-    except RequestError as exc:
-        await _ws_fail(ws, exc, metrics)
-    except ENGINE_ERRORS as exc:
-        await _ws_fail(ws, _engine_error(exc), metrics)
-    except RVCLoraError as exc:
-        await _ws_fail(ws, RequestError(422, None, str(exc)), metrics)
-    except Exception as exc:  # never let one stream take the server down
-        log.exception("stream failed")
-        await _ws_fail(ws, RequestError(500, None, f"internal error: {type(exc).__name__}"), metrics)

@@ -78,8 +78,8 @@ def run_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from rvc_lora.infer.command import converter_from_args
-    from rvc_lora.serve.app import ServeLimits, create_app
-    from rvc_lora.serve.service import load_service
+    from rvc_lora.serve.app import create_app
+    from rvc_lora.serve.service import ServeLimits, load_service
 
     for name in ("workers", "max_streams"):
         if getattr(args, name) < 1:

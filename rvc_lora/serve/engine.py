@@ -55,11 +55,9 @@ class Worker:
         self.stats = WorkerStats()
         self._applied: tuple = ()
 
-    def use(self, adapters: Sequence[tuple[AdapterEntry, float]], f0_method: str | None = None) -> float | None:
+    def use(self, adapters: Sequence[tuple[AdapterEntry, float]]) -> float | None:
         """Merge ``adapters`` (registry entries, strengths) unless already merged; returns the swap seconds
-        (None when nothing changed). Selects ``f0_method`` for pitch."""
-        if f0_method is not None and f0_method != self.converter.f0_method:
-            self.converter.set_f0_method(f0_method)
+        (None when nothing changed)."""
         key = tuple((entry.path, entry.stamp, float(strength)) for entry, strength in adapters)
         if key == self._applied:
             return None

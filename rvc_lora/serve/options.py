@@ -14,6 +14,7 @@ from typing import Any
 
 from rvc_lora.infer.pipeline import ConvertOptions
 from rvc_lora.merge import check_adapter_strength
+from rvc_lora.serve.errors import RequestError
 from rvc_lora.serve.registry import AdapterEntry, AdapterRegistry, BadAdapterName, UnknownAdapter
 from rvc_lora.utils import RVCLoraError
 
@@ -25,19 +26,6 @@ _NUMBERS = {  # name: (low, high)
     "protect": (0.0, 1.0),
     "rms_mix": (0.0, 1.0),
 }
-
-
-class RequestError(RVCLoraError):
-    """A bad request: HTTP ``status``, the offending ``field`` (dotted path, or None) and a message."""
-
-    def __init__(self, status: int, field: str | None, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.field = field
-        self.message = message
-
-    def payload(self) -> dict[str, Any]:
-        return {"error": {"status": self.status, "field": self.field, "message": self.message}}
 
 
 @dataclass(frozen=True)

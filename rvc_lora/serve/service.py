@@ -21,6 +21,20 @@ def model_info(converter: Converter) -> ModelInfo:
                      f0_methods=methods, default_f0_method=converter.f0_method.lower())
 
 
+@dataclass(frozen=True)
+class ServeLimits:
+    """Request limits and switches (see ``rvc-lora serve --help``)."""
+
+    max_upload_bytes: int = 50 * 1024 * 1024
+    max_audio_seconds: float = 600.0
+    max_adapter_bytes: int = 64 * 1024 * 1024
+    timeout: float = 300.0
+    max_streams: int = 4
+    stream_idle_seconds: float = 30.0
+    max_stream_message_bytes: int = 4 * 1024 * 1024
+    allow_upload: bool = False
+
+
 @dataclass
 class Service:
     """A loaded server: ``engine`` (workers with Converters), ``registry`` and ``model`` facts."""
