@@ -19,7 +19,6 @@ httpx = pytest.importorskip("httpx")
 websockets = pytest.importorskip("websockets")
 
 from rvc_lora.checkpoint import load_rvc, save_rvc  # noqa: E402
-from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E402
 from rvc_lora.infer import Converter, ConvertOptions  # noqa: E402
 from rvc_lora.infer.command import main as convert_main  # noqa: E402
 from rvc_lora.infer.streaming import StreamingConverter, StreamSettings  # noqa: E402
@@ -36,9 +35,9 @@ AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory, fixture_model_path):
+def files(tmp_path_factory, fixture_model_path, tiny_hubert_v2):
     root = tmp_path_factory.mktemp("serve")
-    hubert = make_random_checkpoint(root / "hubert.pt", size="tiny", embed_dim=768)
+    hubert = tiny_hubert_v2
     registry = root / "adapters"
     registry.mkdir()
     for name, seed in (("alice", 1), ("bob", 2), ("carol", 3)):
