@@ -19,7 +19,6 @@ from typing import Any
 import anyio
 import numpy as np
 from fastapi import FastAPI, Request, WebSocket
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
 from prometheus_client import CONTENT_TYPE_LATEST
@@ -66,7 +65,6 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
     metrics = ServeMetrics(lambda: engine.depth, lambda: tuple(
         sum(v) for v in zip(*(w.converter.adapter_cache_stats() for w in engine.workers), strict=True)))
     app = FastAPI(title="rvc-lora", docs_url=None, redoc_url=None, openapi_url=None)
-    app.state.engine, app.state.registry, app.state.metrics = engine, registry, metrics
     app.add_middleware(BodyLimit, limits={"/v1/convert": limits.max_upload_bytes,
                                           "/v1/adapters": limits.max_adapter_bytes})
     app.add_middleware(Metered, metrics=metrics)
@@ -88,12 +86,6 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
     @app.exception_handler(RequestError)
     async def _request_error(request: Request, exc: RequestError) -> JSONResponse:
         return _error_response(exc)
-
-    @app.exception_handler(RequestValidationError)
-    async def _validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0] if exc.errors() else {}
-        field = ".".join(str(p) for p in first.get("loc", ())[1:]) or None
-        return _error_response(RequestError(400, field, first.get("msg", "invalid request")))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
