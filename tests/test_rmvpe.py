@@ -46,19 +46,11 @@ KNOWN_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def full_checkpoint(tmp_path_factory):
-    """A randomly initialised full-size RMVPE saved like rmvpe.pt (plain fp16 state dict)."""
-    torch.manual_seed(0)
-    net = RMVPENet()
-    with torch.no_grad():  # make BN statistics non-trivial so loading them is observable
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
-    path = tmp_path_factory.mktemp("rmvpe") / "rmvpe.pt"
-    torch.save(state, path)
-    return path, state
+def full_checkpoint(formula_rmvpe):
+    """The full-size RMVPE of the rvc_convert reference (formula weights; non-trivial BN statistics),
+    saved like rmvpe.pt (plain fp16 state dict): (path, state)."""
+    path = formula_rmvpe.paths["rmvpe"]
+    return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_full_layout_matches_rvc():

@@ -16,6 +16,7 @@ far lower (RMS mix over a padded length: ~44 dB, another cut rule: ~18 dB), so 6
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 from dataclasses import dataclass, field
 
@@ -75,26 +76,65 @@ def _case_options(case: dict) -> ConvertOptions:
                           rms_mix=case["rms_mix_rate"], speaker_id=opts["sid"])
 
 
+def _digest(value) -> tuple:
+    """A hashable fingerprint of call arguments: tensors and arrays by dtype, shape and bytes."""
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().numpy()
+    if isinstance(value, np.ndarray):
+        return (str(value.dtype), value.shape, hashlib.sha1(np.ascontiguousarray(value).tobytes()).hexdigest())
+    if isinstance(value, (tuple, list)):
+        return tuple(_digest(v) for v in value)
+    return (repr(value),)
+
+
+def _clone(value):
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, np.ndarray):
+        return value.copy()
+    if isinstance(value, tuple):
+        return tuple(_clone(v) for v in value)
+    return value
+
+
 @pytest.fixture(scope="module")
 def runs(formula_hubert_base):
-    """Case name -> :class:`Run`, each case converted once (lazily) through ``Converter.convert``."""
-    converters: dict[tuple, Converter] = {}
+    """Case name -> :class:`Run`, each case converted once (lazily) through ``Converter.convert``.
+
+    The cases share work: three use the same content features of the same windows, two the same
+    synthesizer inputs, two the same harvest f0. To keep the suite fast, the content encoder, the pitch
+    extractor and the synthesizer are memoised on the exact bytes of their inputs (deterministic
+    functions, so a hit returns what the call would have returned; a pipeline that fed them anything
+    different would miss and compute).
+    """
+    memo: dict[tuple, object] = {}
+    current: dict[tuple, Converter] = {}  # one Converter at a time (each holds a 380 MB HuBERT-base)
     done: dict[str, Run] = {}
+
+    def memoised(kind: str, fn):
+        def call(*args, **kwargs):
+            key = (kind, _digest(args), _digest(sorted(kwargs.items())))
+            if key not in memo:
+                memo[key] = fn(*args, **kwargs)
+            return _clone(memo[key])
+
+        return call
 
     def run(name: str) -> Run:
         if name in done:
             return done[name]
         case = CASES[name]
         key = (case["model"], case["f0_method"], tuple(case["constants"].values()))
-        if key not in converters:
-            converters[key] = Converter(
+        if key not in current:
+            current.clear()
+            current[key] = Converter(
                 RVC_CONVERT_DIR / case["model"], formula_hubert_base.paths["fairseq"],
                 index=RVC_CONVERT_DIR / case["index"], device="cpu", half=False, f0_method=case["f0_method"],
                 constants=PipelineConstants(**case["constants"]),
             )
-        converter = converters[key]
+        converter = current[key]
         record = Run(np.zeros(0), 0)
-        infer = converter.synth.infer
+        infer = memoised(case["model"], converter.synth.infer)
 
         def spy(phone, lengths, pitch, nsff0, sid, *args, **kwargs):
             record.calls.append({"phone": phone[0].clone(), "pitch": pitch[0].clone(), "pitchf": nsff0[0].clone(),
@@ -104,6 +144,8 @@ def runs(formula_hubert_base):
         audio = np.load(RVC_CONVERT_DIR / case["input"])
         with rvc_noise_convention(), pytest.MonkeyPatch.context() as patch:
             patch.setattr(converter.synth, "infer", spy)
+            patch.setattr(converter.content, "encode", memoised("content", converter.content.encode))
+            patch.setattr(converter, "_pitch", memoised(case["f0_method"], converter._pitch))
             record.audio, record.sample_rate = converter.convert(audio, 16000, _case_options(case))
         done[name] = record
         return record

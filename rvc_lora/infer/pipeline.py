@@ -255,6 +255,10 @@ def change_rms(source16k: np.ndarray, output: np.ndarray, output_sr: int, rate: 
     RMS envelopes use half-second frames and hops at each signal's rate (librosa ``feature.rms``),
     linearly interpolated to the output length. [N16] and [M] -> [M] float32. As in RVC the input
     envelope is computed in float64 (the high-passed input's precision) and the output's in float32.
+
+    RVC stretches each envelope's frames evenly over the whole output (``F.interpolate``, align_corners
+    false) instead of placing them at their times, so the result depends on the exact output length and
+    on how many half-second frames each envelope has; followed as is, on RVC's own output length.
     """
     import librosa
     import torch.nn.functional as F
