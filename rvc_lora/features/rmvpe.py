@@ -284,7 +284,13 @@ class RMVPE:
 
     @torch.no_grad()
     def salience(self, audio16k: np.ndarray) -> np.ndarray:
-        """Salience [N // 160 + 1, 360] (float32) for mono 16 kHz audio [N]."""
+        """Salience [N // 160 + 1, 360] (float32) for mono 16 kHz audio [N].
+
+        The network needs a multiple of 32 frames: as RVC does (since its PR #1168), the log-mel is
+        padded on the right with zeros and the padded frames are dropped from the output. A zero
+        log-mel is a loud frame (silence is log 1e-5 = -11.5), so the last frames' salience depends on
+        this choice; RVC's is followed so that f0 matches its output to the end of the input.
+        """
         audio = torch.as_tensor(np.asarray(audio16k, dtype=np.float32), device=self.device)[None]
         if audio.shape[-1] <= N_FFT // 2:
             # reflect padding needs more than n_fft/2 samples; zero-extend very short inputs
@@ -294,8 +300,7 @@ class RMVPE:
         mel = mel[..., :n_frames]
         pad = FRAME_MULTIPLE * ((n_frames - 1) // FRAME_MULTIPLE + 1) - n_frames
         if pad:
-            mode = "reflect" if pad < n_frames else "replicate"
-            mel = torch.nn.functional.pad(mel, (0, pad), mode=mode)
+            mel = torch.nn.functional.pad(mel, (0, pad), mode="constant", value=0.0)
         if self.half:
             mel = mel.half()
         hidden = self.net(mel)[:, :n_frames]
