@@ -79,6 +79,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 * 2  # 3 methods x 2 evaluation steps (1 target, 1 seed)
     assert all(-1.0 <= float(r["similarity"]) <= 1.0 for r in rows)
+    assert all(1.0 <= float(r["dnsmos"]) <= 5.0 for r in rows if r["step"] == "4")  # DNSMOS at the last step
     summary = json.loads((out / "summary.json").read_text())
     leak = summary["encoder"]["leakage"]
     assert 0.0 <= leak["encoder"] <= 1.0 and 0.0 <= leak["log_mel"] <= 1.0

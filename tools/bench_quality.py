@@ -51,10 +51,10 @@ SCALES = {
     "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=2000, base_batch=8,
                   adapt_steps=(75, 150, 300), adapt_batch=4, seeds=(0, 1),
                   model_config=rvc_config(inter=48, hidden=64, filt=192, layers=2, uic=96, gin=48)),
-    "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=20, base_steps=30, base_batch=4,
-                   adapt_steps=(4, 8), adapt_batch=2, seeds=(0,), discriminator_divisor=16,
+    "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=10, base_batch=4,
+                   adapt_steps=(2, 4), adapt_batch=2, seeds=(0,), discriminator_divisor=16,
                    model_config=rvc_config(inter=16, hidden=32, filt=64, layers=2, uic=64, gin=16),
-                   n_base=1, n_targets=1, dnsmos=False),
+                   n_base=1, n_targets=1),
 }
 BENCH_EXTRA = ("resemblyzer", "speechmos", "espeakng_loader", "matplotlib", "sklearn", "onnxruntime")
 

@@ -108,7 +108,7 @@ def train_encoder(corpus: Path, base_voices: list[str], out: Path, steps: int, s
     head = nn.Linear(DIM, len(vocab))
     params = list(model.parameters()) + list(head.parameters())
     opt = torch.optim.AdamW(params, lr=2e-3, weight_decay=1e-4)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=2e-3, total_steps=steps, pct_start=max(0.1, 2.5 / steps))
     batch = 8
     for step in range(steps):
         picks = [train[rng.randrange(len(train))] for _ in range(batch)]

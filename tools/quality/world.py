@@ -150,7 +150,7 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path) -> dict:
                                f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}",
                                f"base.g={init}", "base.d=null", f"trainer.max_steps={scale.base_steps}",
                                f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
-                               "trainer.validation_interval=1000000", "trainer.checkpoint_interval=500",
+                               "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
                                "trainer.log_interval=100", "logging.progress=false"], log)
     return save_marker(work / "base" / "done.json", token, g=str(run / "G_full.pth"), d=str(run / "D_full.pth"),
                        model=str(run / "merged.pth"), seconds=seconds, peak_bytes=peak)
