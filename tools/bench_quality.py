@@ -48,7 +48,7 @@ from quality.world import (  # noqa: E402
 
 F0_METHOD = "pm"
 SCALES = {
-    "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=2000, base_batch=8,
+    "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=1500, base_batch=8,
                   adapt_steps=(75, 150, 300), adapt_batch=4, seeds=(0, 1),
                   model_config=rvc_config(inter=48, hidden=64, filt=192, layers=2, uic=96, gin=48)),
     "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=10, base_batch=4,
@@ -80,13 +80,16 @@ def segment_cost(work: Path) -> tuple[float, float]:
     return float(slope), float(intercept)
 
 
-def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, base: dict) -> dict:
-    """Train one (method, target, seed) to every evaluation step (resumable); returns cost figures."""
+def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, base: dict,
+          train: bool = True) -> dict | None:
+    """Train one (method, target, seed) to every evaluation step (resumable); returns cost figures.
+
+    With ``train=False`` only a finished run is returned (None otherwise)."""
     out = work / "runs" / method.name / target / f"seed{seed}"
     out.mkdir(parents=True, exist_ok=True)
     token = {"overrides": list(method.overrides), "steps": list(scale.adapt_steps), "base": base["token"]}
     done = marker(out / "done.json", token)
-    if done:
+    if done or not train:
         return done
     overrides = [*common_overrides(scale), *method.overrides, f"data.experiment_dir={exp}", f"data.name={target}",
                  "data.speaker_id=0", f"base.g={base['g']}", f"base.d={base['d']}", f"run_dir={out / 'run'}",
@@ -125,6 +128,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--method", action="append", default=[], metavar="NAME=OVERRIDES",
                         help="add or replace a row: NAME=key=value[,key=value...]; repeatable")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the scale's)")
+    parser.add_argument("--report-only", action="store_true",
+                        help="train nothing more: report the finished runs (the world must be built)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1: fastest on a busy machine; 2 on a quiet one)")
     args = parser.parse_args(argv)
@@ -187,7 +192,10 @@ def main(argv: list[str] | None = None) -> int:
     target_exps = {t: prepare(work, scale, t, corpus / t / "train", encoder, logs / "prepare.log")
                    for t in manifest["targets"]}
     log(f"base: full training, {scale.base_steps} steps (adapter=none)")
-    base = train_base(work, scale, base_exp, logs / "base.log")
+    base = train_base(work, scale, base_exp, logs / "base.log", train=not args.report_only)
+    if base is None:
+        log("the base is not trained yet: run without --report-only")
+        return 1
     log(f"base: ready ({base['seconds'] / 60:.1f} min to train)")
 
     # 4. references and floor --------------------------------------------------------------------------
@@ -213,7 +221,9 @@ def main(argv: list[str] | None = None) -> int:
     bar = tqdm(jobs, desc="runs", unit="run", disable=None, file=sys.stderr)
     for i, (seed, target, method) in enumerate(bar):
         t0 = time.perf_counter()
-        cost = adapt(work, scale, method, target, seed, target_exps[target], base)
+        cost = adapt(work, scale, method, target, seed, target_exps[target], base, train=not args.report_only)
+        if cost is None:
+            continue
         run_dir = work / "runs" / method.name / target / f"seed{seed}"
         for step in scale.adapt_steps:
             final = step == max(scale.adapt_steps)
@@ -227,6 +237,9 @@ def main(argv: list[str] | None = None) -> int:
             f"{records[-1]['similarity']:.3f} at step {max(scale.adapt_steps)} ({time.perf_counter() - t0:.0f} s)")
 
     # 6. report ----------------------------------------------------------------------------------------
+    if not records:
+        log("no finished runs to report yet")
+        return 1
     s = report.summary(records, refs, floors, methods)
     table = report.markdown_table(s)
     decided = report.decisions(s)

@@ -149,7 +149,8 @@ class Trainer:
         self.best_step: int | None = None
         self.best_value: float | None = None
         self.best_metric = resolve_best_metric(str(t.best_metric))
-        self.similarity = SpeakerSimilarity() if self.best_metric == "speaker_similarity" else None
+        self.similarity = (SpeakerSimilarity() if self.best_metric == "speaker_similarity" and self.dist.is_main
+                           else None)  # validation runs on rank 0 only
         self.skipped = 0
         self.consecutive_bad = 0
         self.last_losses: dict[str, float] = {}

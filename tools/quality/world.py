@@ -127,16 +127,17 @@ def base_input(work: Path, corpus: Path, voices: list[str]) -> Path:
     return folder
 
 
-def train_base(work: Path, scale: Scale, exp: Path, log: Path) -> dict:
+def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = True) -> dict | None:
     """Full training (``adapter=none``) of a fresh synthesizer on the pooled base voices (speaker row 0).
 
-    Returns ``{"g": G_full.pth, "d": D_full.pth, "model": merged.pth, "seconds": ...}``.
+    Returns ``{"g": G_full.pth, "d": D_full.pth, "model": merged.pth, "seconds": ...}`` (with
+    ``train=False``: only a finished base, else None).
     """
     run = work / "base" / "run"
     token = {"config": scale.model_config, "steps": scale.base_steps, "batch": scale.base_batch,
              "divisor": scale.discriminator_divisor}
     done = marker(work / "base" / "done.json", token)
-    if done:
+    if done or not train:
         return done
     init = work / "base" / "G_init.pth"
     if not init.is_file():
