@@ -64,6 +64,22 @@ def test_gain_fraction_is_relative_to_full_fine_tuning_above_the_floor():
     assert g[("lora_r4", "t", 0, 10)] == pytest.approx(0.0)
 
 
+def test_method_rows_are_added_and_replaced_by_configuration():
+    from quality.methods import METHODS, parse_method, select
+
+    names = [m.name for m in METHODS]
+    assert {"full", "lora_r4", "lora_r8", "lora_r16", "lora_r8_flow", "lora_r8_speaker", "lora_r8_every2",
+            "lora_r8_every4", "lora_r8_frozen", "lora_r8_mel_only"} == set(names)
+    loha = parse_method("loha_r8=lora.algorithm=loha, lora.rank=8")
+    assert loha.overrides == ("lora.algorithm=loha", "lora.rank=8")
+    chosen = select(["full", "loha_r8"], [loha])
+    assert [m.name for m in chosen] == ["full", "loha_r8"]
+    replaced = select(None, [parse_method("full=adapter=none,optim.lr=2e-4")])
+    assert len(replaced) == len(METHODS) and replaced[-1].overrides == ("adapter=none", "optim.lr=2e-4")
+    with pytest.raises(ValueError, match="unknown method"):
+        select(["lora_r3"], [])
+
+
 def test_quick_benchmark_runs_end_to_end(tmp_path):
     out = tmp_path / "results"
     proc = subprocess.run([sys.executable, str(TOOLS / "bench_quality.py"), "--quick", "--work-dir",
