@@ -120,7 +120,7 @@ def idle_peak(work: Path) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="2 voices, tiny sizes (< 2 minutes), same table")
+    parser.add_argument("--quick", action="store_true", help="2 voices, tiny sizes, the same table (run by the tests)")
     parser.add_argument("--work-dir", type=Path, help="cache folder (default ~/.cache/rvc-lora/bench_quality/<scale>)")
     parser.add_argument("--out", type=Path, help="results folder (default tools/results/quality, or "
                                                  "<work-dir>/results with --quick)")
