@@ -34,8 +34,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file (one input) or folder (several inputs or a folder input)")
     parser.add_argument("--format", choices=OUTPUT_SUFFIXES, help="output format (default: --out suffix, else wav)")
     parser.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the model's)")
-    parser.add_argument("--hubert", help="content model: RVC's hubert_base.pt or a HF HuBERT folder "
-                                         "(default: the file from `rvc-lora assets download hubert`)")
+    parser.add_argument("--hubert", "--content-model", dest="hubert", metavar="PATH",
+                        help="content model: RVC's hubert_base.pt, a HF HuBERT folder or a TorchScript content "
+                             "encoder (16 kHz [1, N] -> [frames, dim] at 50 Hz; detected) "
+                             "(default: the file from `rvc-lora assets download hubert`)")
     parser.add_argument("--pitch", "--key", dest="pitch", type=float, default=0.0, metavar="SEMITONES",
                         help="transpose by this many semitones (e.g. 12 = one octave up)")
     parser.add_argument("--f0-method", help="pitch method: rmvpe, fcpe, crepe, crepe-tiny, harvest, dio, pm, pyin "

@@ -28,10 +28,10 @@ from rvc_lora.infer.pipeline import (
     default_constants,
 )
 from rvc_lora.lora import fold_all_weight_norm
+from rvc_lora.models.synthesizer import CONTENT_DIMS
 from rvc_lora.utils import RVCLoraError, resolve_device
 
 AdapterSpec = str | os.PathLike | tuple[str | os.PathLike, float]
-CONTENT_DIMS = {"v1": 256, "v2": 768}
 OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 
 
@@ -67,7 +67,8 @@ class Converter:
 
     Args:
         model: RVC model file (small model, pretrained G or training G checkpoint).
-        hubert: content encoder checkpoint (RVC's ``hubert_base.pt`` or a HF HuBERT folder).
+        hubert: content model: RVC's ``hubert_base.pt``, a HF HuBERT folder, or a TorchScript content
+            encoder (see :mod:`rvc_lora.features.content_torchscript`).
         adapters: adapter files, as paths, ``"file.safetensors:0.7"`` strings or ``(path, strength)``.
         index: faiss index file for retrieval (or None).
         device: "auto" (CUDA, MPS, CPU), or any torch device string.
@@ -76,6 +77,7 @@ class Converter:
         rmvpe: RVC's ``rmvpe.pt`` (for f0_method "rmvpe").
         force: apply adapters whose base fingerprint does not match this model.
         constants: window constants (default: RVC's fp16 or fp32 set, by ``half``).
+        content_kind: ``auto`` (detect), ``hubert`` or ``torchscript`` (as ``content.kind``).
 
     Attributes: ``sample_rate`` (model rate), ``version``, ``f0``, ``n_speakers``, ``device``, ``dtype``,
     ``adapters`` (list of (path, strength)), ``times`` (:class:`StageTimes`, accumulated).
@@ -85,8 +87,8 @@ class Converter:
                  adapters: Iterable[AdapterSpec] | None = None, *, index: str | os.PathLike | None = None,
                  device: str = "auto", half: bool | None = None, f0_method: str | None = None,
                  rmvpe: str | os.PathLike | None = None, force: bool = False,
-                 constants: PipelineConstants | None = None) -> None:
-        from rvc_lora.features.content import load_content_encoder
+                 constants: PipelineConstants | None = None, content_kind: str = "auto") -> None:
+        from rvc_lora.features.content import load_content_model
 
         self.device = resolve_device(device)
         self.half = (self.device.type == "cuda") if half is None else bool(half)
@@ -108,7 +110,7 @@ class Converter:
         for p in synth.parameters():
             p.requires_grad_(False)
         self.synth = synth.to(self.device, self.dtype)
-        self.content = load_content_encoder(hubert, device=str(self.device), half=self.half)
+        self.content = load_content_model(hubert, kind=content_kind, device=str(self.device), half=self.half)
         dim = self.content.feature_dim(self.version)
         if dim != CONTENT_DIMS[self.version]:
             raise RVCLoraError(

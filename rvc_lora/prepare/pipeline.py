@@ -332,12 +332,12 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         n = 0
         feature_dim = _stored_feature_dim(layout, todo)
         if needs_model:
-            from rvc_lora.features.content import load_content_encoder
+            from rvc_lora.features.content import load_content_model
 
             t_load = time.perf_counter()
-            encoder = load_content_encoder(content_path, device=default_device(str(_get(cfg, "content.device",
-                                                                                      "auto"))),
-                                           half=_get(cfg, "content.half", "auto"))
+            encoder = load_content_model(content_path, kind=str(_get(cfg, "content.kind", "auto")),
+                                         device=default_device(str(_get(cfg, "content.device", "auto"))),
+                                         half=_get(cfg, "content.half", "auto"))
             report.timings["content_model_load"] = time.perf_counter() - t_load
             cerr, n = content_stage(layout, todo, encoder, int(_get(cfg, "content.batch_size", 8)), force,
                                     _progress(show, "content", "piece"))

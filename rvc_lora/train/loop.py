@@ -36,6 +36,7 @@ from .evaluation import validate
 from .losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss, mel_l1
 from .outputs import export_run, save_adapter_file
 from .setup import build_models, resolve_precision
+from .speaker_similarity import SpeakerSimilarity, resolve_best_metric
 from .tensorboard_writer import RunWriter, mel_image
 from .trainable import ParameterEMA
 from .validate import check_config
@@ -75,7 +76,8 @@ class TrainResult:
     base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
     index_paths: list[Path] = field(default_factory=list)
     best_step: int | None = None
-    best_val_loss: float | None = None
+    best_metric: str = "mel_l1"                # trainer.best_metric as resolved: mel_l1 or speaker_similarity
+    best_value: float | None = None            # its value at best_step
     final_losses: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
     interrupted: bool = False
@@ -145,7 +147,10 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_step: int | None = None
-        self.best_loss: float | None = None
+        self.best_value: float | None = None
+        self.best_metric = resolve_best_metric(str(t.best_metric))
+        self.similarity = (SpeakerSimilarity() if self.best_metric == "speaker_similarity" and self.dist.is_main
+                           else None)  # validation runs on rank 0 only
         self.skipped = 0
         self.consecutive_bad = 0
         self.last_losses: dict[str, float] = {}
@@ -189,7 +194,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "rng": rngs,
-            "best": {"step": self.best_step, "loss": self.best_loss},
+            "best": {"step": self.best_step, "value": self.best_value, "metric": self.best_metric},
             "nan": {"skipped": self.skipped, "consecutive": self.consecutive_bad},
             "last_losses": dict(self.last_losses),
         }
@@ -222,7 +227,9 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best_step, self.best_loss = state["best"]["step"], state["best"]["loss"]
+        best = state["best"]
+        if best.get("metric", "mel_l1") == self.best_metric:  # a changed best_metric starts a new search
+            self.best_step, self.best_value = best["step"], best.get("value", best.get("loss"))
         self.skipped, self.consecutive_bad = state["nan"]["skipped"], state["nan"]["consecutive"]
         self.last_losses = dict(state.get("last_losses", {}))
         rngs = state["rng"]
@@ -452,7 +459,7 @@ class Trainer:
                 signal.signal(sig, old)
             self.writer.flush()
         result.steps, result.epochs = self.step, self.epoch
-        result.best_step, result.best_val_loss = self.best_step, self.best_loss
+        result.best_step, result.best_metric, result.best_value = self.best_step, self.best_metric, self.best_value
         result.final_losses, result.skipped_steps = dict(self.last_losses), self.skipped
         if self.dist.is_main and (self.run_dir / "best_adapter.safetensors").is_file():
             result.best_adapter_path = self.run_dir / "best_adapter.safetensors"
@@ -472,7 +479,8 @@ class Trainer:
         self.writer.scalars(values, self.step)
 
     def run_validation(self) -> float | None:
-        """Validation loss, mel images and audio (rank 0); keeps ``best_adapter.safetensors``."""
+        """Validation loss, mel images and audio (rank 0); keeps ``best_adapter.safetensors``, the step best
+        by ``trainer.best_metric`` (lowest validation mel L1, or highest speaker similarity)."""
         if not self.dist.is_main or len(self.val_dataset) == 0:
             dist_utils.barrier(self.dist)
             return None
@@ -481,8 +489,12 @@ class Trainer:
         try:
             items = [self.val_dataset[i] for i in range(len(self.val_dataset))]
             n_clips = int(self.cfg.logging.audio_clips)
-            res = validate(self.synth, items, self.settings, self.device, n_clips, seed=int(self.cfg.trainer.seed))
-            self.writer.scalars({"val/mel_l1": res.mel_l1}, self.step)
+            res = validate(self.synth, items, self.settings, self.device, n_clips, seed=int(self.cfg.trainer.seed),
+                           similarity=self.similarity)
+            values = {"val/mel_l1": res.mel_l1}
+            if res.speaker_similarity is not None:
+                values["val/speaker_similarity"] = res.speaker_similarity
+            self.writer.scalars(values, self.step)
             sr = self.settings.sample_rate
             for i, clip in enumerate(res.clips):
                 self.writer.audio(f"audio/val_{i}/real", clip.real, self.step, sr)
@@ -492,8 +504,10 @@ class Trainer:
                     self.writer.image(f"mel/val_{i}", mel_image(clip.mel_real, clip.mel_reconstruction), self.step)
             if self.cfg.logging.mel_images and getattr(self, "_last_mels", None) is not None:
                 self.writer.image("mel/train", mel_image(*self._last_mels), self.step)
-            if self.best_loss is None or res.mel_l1 < self.best_loss:
-                self.best_loss, self.best_step = res.mel_l1, self.step
+            value = res.mel_l1 if self.best_metric == "mel_l1" else res.speaker_similarity
+            higher_is_better = self.best_metric == "speaker_similarity"
+            if self.best_value is None or (value > self.best_value if higher_is_better else value < self.best_value):
+                self.best_value, self.best_step = value, self.step
                 self._save_best()
             self.writer.flush()
         finally:
@@ -503,7 +517,7 @@ class Trainer:
         return res.mel_l1
 
     def _save_best(self) -> None:
-        meta = {"step": self.step, "val_mel_l1": self.best_loss}
+        meta = {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value}
         if self.models.adapters is not None:
             save_adapter_file(self.models, self.run_dir / "best_adapter.safetensors", meta)
         else:
