@@ -26,7 +26,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from rvc_lora.data.experiment import ExperimentLayout, read_manifest
+from rvc_lora.data.experiment import MUTE_COPIES, MUTE_NAME, MUTE_STATUS, ExperimentLayout, read_manifest
 from rvc_lora.models import MelSettings, spectrogram
 from rvc_lora.utils import RVCLoraError
 
@@ -38,20 +38,25 @@ def split_pieces(layout: ExperimentLayout, validation_pieces: int) -> tuple[list
 
     Validation pieces are the manifest rows with ``split == "val"``; when there are none, the last
     ``validation_pieces`` of the sorted names are held out (never all of them). Without a manifest
-    every piece in ``0_gt_wavs`` is used.
+    every piece in ``0_gt_wavs`` is used. RVC's silence piece (``mute``), when the experiment has it, is
+    added to the training names ``MUTE_COPIES`` times, as RVC's filelist lists it.
     """
     if layout.manifest_path.is_file():
-        rows = [r for r in read_manifest(layout.manifest_path) if r.status == "ok"]
-        train = sorted(r.name for r in rows if r.split != "val")
-        val = sorted(r.name for r in rows if r.split == "val")
+        rows = read_manifest(layout.manifest_path)
+        usable = [r for r in rows if r.status == "ok"]
+        train = sorted(r.name for r in usable if r.split != "val")
+        val = sorted(r.name for r in usable if r.split == "val")
+        mute = any(r.status == MUTE_STATUS for r in rows)
     else:
-        train, val = sorted(p.stem for p in layout.gt_dir.glob("*.wav")), []
+        names = sorted(p.stem for p in layout.gt_dir.glob("*.wav"))
+        train, val = [n for n in names if n != MUTE_NAME], []
+        mute = MUTE_NAME in names
     if not val and validation_pieces > 0 and len(train) > 1:
         k = min(int(validation_pieces), len(train) - 1)
         train, val = train[:-k], train[-k:]
     if not train:
         raise RVCLoraError(f"{layout.root}: no usable training pieces (manifest empty or all rejected)")
-    return train, val
+    return train + [MUTE_NAME] * (MUTE_COPIES if mute else 0), val
 
 
 @dataclass
