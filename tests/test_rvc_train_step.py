@@ -14,11 +14,6 @@ same tensors (dec.resblocks.8.convs2.0.bias). Tolerances below are at least 2x t
 
 from __future__ import annotations
 
-import contextlib
-import zlib
-from collections.abc import Iterator
-from pathlib import Path
-
 import numpy as np
 import pytest
 import soundfile as sf
@@ -28,12 +23,11 @@ from omegaconf import OmegaConf
 from rvc_lora.checkpoint import load_rvc
 from rvc_lora.config import CONF_DIR
 from rvc_lora.data.experiment import ExperimentLayout
-from rvc_lora.models import MultiPeriodDiscriminator, build_discriminator, mel_settings
+from rvc_lora.models import mel_settings
 from rvc_lora.train.dataset import PieceDataset
 from rvc_lora.train.setup import adamw_settings
 from rvc_lora.train.step import StepModels, StepSettings, train_step
-
-FIXTURE = Path(__file__).resolve().parent / "fixtures" / "rvc_train_step"
+from tests.rvc_step_reference import FIXTURE, formula_discriminator, rel, rvc_noise_convention
 
 # Relative tolerances (measured value in the comment).
 LOSS_RTOL = 1e-4  # losses, per-sub-discriminator terms, gradient norms: max 1.2e-5 (loss_gen)
@@ -45,46 +39,6 @@ Y_HAT_RTOL = 1e-6  # generator output: 1.0e-7
 MEL_FAKE_RTOL = 3e-5  # log-mel of the generated audio: 8.8e-6 (log amplifies rounding of quiet bins)
 D_GRAD_NORM_RTOL = 3e-2  # per discriminator tensor: 9.8e-3 (tensors with tiny gradients, norm ~1e-5)
 D_DELTA_NORM_RTOL = 1e-2  # per discriminator tensor, norm of the change of its AdamW step: 1.7e-3 (float64: 4.1e-3)
-
-
-def formula_discriminator() -> MultiPeriodDiscriminator:
-    """The full-size v2 discriminator with the reference's formula weights (see the fixture README)."""
-    disc = build_discriminator("v2")
-    state = {}
-    for key, tensor in disc.state_dict().items():
-        c = (zlib.crc32(key.encode()) % 1000) / 100
-        i = torch.arange(tensor.numel(), dtype=torch.float64)
-        values = 0.05 * torch.sin(0.1 * i + c)
-        if key.endswith("weight_g"):
-            values = 0.5 + values.abs()
-        state[key] = values.to(torch.float32).reshape(tensor.shape)
-    disc.load_state_dict(state)
-    return disc
-
-
-@contextlib.contextmanager
-def rvc_noise_convention() -> Iterator[None]:
-    """During the step: randn / randn_like give zeros, rand / rand_like give 0.5 (the fixture's convention)."""
-
-    def shape(size: tuple) -> tuple:
-        return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
-
-    saved = {name: getattr(torch, name) for name in ("randn", "randn_like", "rand", "rand_like")}
-    torch.randn = lambda *size, **kw: torch.zeros(shape(size), **{k: v for k, v in kw.items() if k != "generator"})
-    torch.randn_like = lambda x, **kw: torch.zeros_like(x, **kw)
-    torch.rand = lambda *size, **kw: torch.full(shape(size), 0.5, **{k: v for k, v in kw.items() if k != "generator"})
-    torch.rand_like = lambda x, **kw: torch.full_like(x, 0.5, **kw)
-    try:
-        yield
-    finally:
-        for name, fn in saved.items():
-            setattr(torch, name, fn)
-
-
-def rel(got: torch.Tensor, want: torch.Tensor) -> float:
-    """||got - want|| / ||want|| in float64."""
-    got, want = got.detach().double(), want.detach().double()
-    return float(torch.linalg.vector_norm(got - want) / torch.linalg.vector_norm(want))
 
 
 @pytest.fixture(scope="module")

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from train_helpers import make_setup, tiny_config
 
 from rvc_lora.checkpoint import load_rvc
 from rvc_lora.features.content_testing import make_random_checkpoint
 from rvc_lora.infer import Converter, PipelineConstants
 from rvc_lora.lora import read_adapter
 from rvc_lora.train import run_training
-
-sys.path.insert(0, str(Path(__file__).parent))
-from train_helpers import make_setup, tiny_config  # noqa: E402
 
 FAST = PipelineConstants(x_pad=0.2, x_query=0.3, x_center=1.0, x_max=10.0)
 SR = 16000
