@@ -27,3 +27,13 @@ def fixture_dir() -> Path:
 @pytest.fixture(scope="session")
 def fixture_model_path(fixture_dir: Path) -> Path:
     return fixture_dir / "model.pth"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-model tests: two threads on a shared 2-core machine are many
+    times slower than one. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

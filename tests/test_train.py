@@ -19,14 +19,7 @@ from rvc_lora.utils import RVCLoraError
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_setup, tiny_config  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
