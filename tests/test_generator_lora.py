@@ -120,7 +120,7 @@ def _factor_delta(adapter: dict[str, torch.Tensor], module: str, transposed: boo
 
 
 def test_loaded_adapter_matches_trained_one_and_strengths_are_linear(fixture_model_path: Path, tmp_path: Path):
-    args = _inputs()
+    args = _inputs(frames=12)
     trained = {}  # name -> (file, output of the model it was trained on)
     for name, seed, config in (("a", 1, LoRAConfig(rank=4, alpha=2.0)),
                                ("b", 2, LoRAConfig(rank=4, alpha=8.0, rs_lora=True))):
