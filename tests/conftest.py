@@ -72,3 +72,13 @@ def formula_rmvpe(tmp_path_factory) -> FormulaFiles:
     path = write_rmvpe(weights, tmp_path_factory.mktemp("formula_rmvpe") / "rmvpe.pt")
     return FormulaFiles({"rmvpe": path}, weights.sha256_all, weights.layout["sha256_all"],
                         tuple(weights.mismatches))
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One torch thread for a module of small-model tests: two threads on a shared 2-core machine are many
+    times slower than one. Use with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

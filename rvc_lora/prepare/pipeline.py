@@ -7,8 +7,8 @@ Stages, each with a progress bar and resumable (finished work is skipped on re-r
    then the usable audio is checked against ``data.min_total_seconds``;
 2. pitch    (``model.f0`` only): f0 in Hz and coarse pitch per piece (CPU methods in the worker pool);
 3. content  (main process, batched): HuBERT features, 256-d (v1) or 768-d (v2);
-4. finish   manifest.csv, filelist.txt (train split), experiment.json and, with ``data.build_index``,
-            the faiss index over the train features.
+4. finish   manifest.csv, filelist.txt (train split, plus RVC's silence piece twice), experiment.json and,
+            with ``data.build_index``, the faiss index over the train features (not the silence piece's).
 
 Checks that need no audio (content model present, pitch method usable, input folder) run first.
 Under torchrun each rank takes every WORLD_SIZE-th file; see :mod:`rvc_lora.prepare.sharding`.
@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rvc_lora.data.experiment import (
     FEATURE_DIMS,
+    MUTE_COPIES,
+    MUTE_NAME,
     ExperimentInfo,
     ExperimentLayout,
     ManifestRow,
@@ -45,6 +47,7 @@ from rvc_lora.prepare.ingest import (
     count_seconds,
     ingest_file,
 )
+from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
 from rvc_lora.prepare.sources import AUDIO_EXTENSIONS, file_key, find_audio_files, fingerprint
 from rvc_lora.utils import RVCLoraError, atomic_write
@@ -328,6 +331,9 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         t0 = time.perf_counter()
         force = state.get("content") not in (None, content_fp)
         todo = [n for n in ok_names if n not in errors]
+        if shard.is_main:  # RVC's silence piece: its features come from this content encoder too
+            write_mute_piece(layout, settings.sample_rate, use_f0)
+            todo.append(MUTE_NAME)
         needs_model = force or any(not layout.feature(n).is_file() for n in todo)
         n = 0
         feature_dim = _stored_feature_dim(layout, todo)
@@ -388,8 +394,14 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     for r in ok_rows:
         r.split = "val" if r.name in val else "train"
     train_names = [r.name for r in ok_rows if r.split == "train"]
+    mute_ok = MUTE_NAME not in errors and layout.feature(MUTE_NAME).is_file()
+    if mute_ok:
+        rows.append(mute_row(speaker_id))
+    else:
+        problems.append(("(silence piece)", errors.get(MUTE_NAME, "no content features"), "not added"))
     write_manifest(layout.manifest_path, rows)
-    write_filelist(layout, train_names, f0=use_f0, speaker_id=speaker_id)
+    write_filelist(layout, train_names + [MUTE_NAME] * (MUTE_COPIES if mute_ok else 0), f0=use_f0,
+                   speaker_id=speaker_id)
     if bool(_get(cfg, "data.build_index", True)) and train_names:
         t0 = time.perf_counter()
         report.index_path, built = index_stage(
@@ -402,7 +414,8 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         feature_dim=feature_dim, pitch_method=method, content_model=content_path,
         speaker_id=speaker_id,
         extra={"input_dir": str(input_root.resolve()), "files": len(files), "pieces": len(ok_rows),
-               "train_pieces": len(train_names), "val_pieces": len(val), "total_seconds": round(total_seconds, 2),
+               "train_pieces": len(train_names), "val_pieces": len(val), "silence_piece": mute_ok,
+               "total_seconds": round(total_seconds, 2),
                "index": report.index_path.name if report.index_path else None,
                "slicing": asdict(settings)},
     )
