@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -97,7 +98,8 @@ def _metadata_alpha(meta: dict[str, Any]) -> float | None:
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read and validate an adapter file; raises ``RVCLoraError`` naming the file and the problem."""
+    """Read and validate an adapter file (keys, shapes, finite values); raises ``RVCLoraError`` naming the
+    file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise RVCLoraError(f"adapter file not found: {path}")
@@ -119,6 +121,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         if split is None:
             raise fail(f"unknown tensor key '{key}' (expected .lora_down.weight, .lora_up.weight, "
                        ".alpha, .diff, .diff_b or peft .lora_A/.lora_B)")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise fail(f"tensor '{key}' holds NaN or infinite values; the adapter is damaged (export it again, "
+                       "e.g. by re-running its training, which resumes from the last checkpoint)")
         module, part, adapter = split
         if adapter is not None:
             peft_adapters.setdefault(module, set()).add(adapter)
@@ -153,6 +158,8 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
                 alpha = float(p["alpha"].reshape(()))
             else:
                 alpha = default_alpha if default_alpha is not None else float(rank)
+            if not math.isfinite(alpha):
+                raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
             modules[module] = "lora"
             tensors[f"{module}.lora_down.weight"] = down
             tensors[f"{module}.lora_up.weight"] = up
