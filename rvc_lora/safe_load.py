@@ -1,11 +1,11 @@
 """The one way model files are read: ``torch.load(weights_only=True)``, with refusals explained.
 
 Every model file (RVC models and bases, training checkpoints, HuBERT / ContentVec, RMVPE) is read by
-:func:`load_torch_file`. The security decision is torch's restricted unpickler; this module only
-explains a refusal. It does so without parsing torch's error text: it disassembles the file's pickles
-(``pickletools``, nothing is executed) and lists the globals they name, so a file that would import and
-call code (``posix.system``, ``builtins.eval``, a class with ``__reduce__``) is reported as such, and
-anything else as a damaged or foreign file.
+:func:`load_torch_file`. First the file's pickles are disassembled (``pickletools``; nothing is executed)
+and the globals they name are listed: a file naming one that could run code (``posix.system``,
+``builtins.eval``, a class with ``__reduce__``) is refused before torch reads it, with a message naming
+it. Torch's restricted unpickler stays the final guard; when it refuses, the same listing (not torch's
+error text) tells a file that needs code from a damaged or foreign one.
 """
 
 from __future__ import annotations

@@ -318,6 +318,23 @@ def test_malicious_pickle_is_refused_with_one_line_and_never_run(world, cli, tmp
     assert not (tmp_path / "o.wav").exists() and not (tmp_path / "m.pth").exists()
 
 
+@pytest.mark.parametrize("layout", ["protocol 0", "protocol 2", "protocol 4", "protocol 5", "torch legacy",
+                                    "torch zip"])
+def test_every_pickle_layout_is_classified_without_running_it(world, tmp_path, layout):
+    from rvc_lora.safe_load import load_torch_file, pickled_globals
+
+    payload = {"model": {"w": torch.zeros(2)}, "x": _RunsShell(world.marker)}
+    path = tmp_path / "evil.pth"
+    if layout.startswith("protocol"):
+        path.write_bytes(pickle.dumps(payload, protocol=int(layout.split()[1])))
+    else:
+        torch.save(payload, path, _use_new_zipfile_serialization=layout == "torch zip")
+    assert "posix.system" in pickled_globals(path)
+    with pytest.raises(RVCLoraError) as err:
+        load_torch_file(path)
+    assert REFUSED in str(err.value)
+
+
 # ---- adapters and strengths -----------------------------------------------------------------------------
 @pytest.mark.parametrize("command", ["merge", "convert"])
 @pytest.mark.parametrize(("which", "expected"), [
