@@ -10,6 +10,7 @@ error text) tells a file that needs code from a damaged or foreign one.
 
 from __future__ import annotations
 
+import _compat_pickle
 import errno
 import io
 import os
@@ -43,6 +44,16 @@ class UnsafeFileError(RVCLoraError):
     """A pickle that would import and run code when loaded; it was refused, not executed."""
 
 
+def _python3_name(module: str, name: str) -> str:
+    """``module.name`` as unpicklers resolve it: Python 2 names of protocols 0-2 (``__builtin__.dict``,
+    written by ``torch.save``) mapped to Python 3's, as ``pickle``'s ``fix_imports`` does."""
+    if (module, name) in _compat_pickle.NAME_MAPPING:
+        module, name = _compat_pickle.NAME_MAPPING[(module, name)]
+    else:
+        module = _compat_pickle.IMPORT_MAPPING.get(module, module)
+    return f"{module}.{name}"
+
+
 def _globals_in_one_pickle(ops: Iterator[tuple[Any, Any, Any]]) -> list[str]:
     """Globals named by one pickle's opcodes (``GLOBAL``/``INST`` and ``STACK_GLOBAL``), in order.
 
@@ -56,7 +67,7 @@ def _globals_in_one_pickle(ops: Iterator[tuple[Any, Any, Any]]) -> list[str]:
         name = op.name
         if name in ("GLOBAL", "INST"):
             module, _, attr = str(arg).partition(" ")
-            found.append(f"{module}.{attr}")
+            found.append(_python3_name(module, attr))
             pushed.append(None)
         elif name == "STACK_GLOBAL":
             module, attr = (pushed[-2], pushed[-1]) if len(pushed) >= 2 else (None, None)

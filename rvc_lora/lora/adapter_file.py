@@ -98,8 +98,7 @@ def _metadata_alpha(meta: dict[str, Any]) -> float | None:
 
 
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
-    """Read and validate an adapter file (keys, shapes, finite values); raises ``RVCLoraError`` naming the
-    file and the problem."""
+    """Read and validate an adapter file; raises ``RVCLoraError`` naming the file and the problem."""
     path = Path(path)
     if not path.is_file():
         raise RVCLoraError(f"adapter file not found: {path}")
@@ -158,12 +157,12 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
                 alpha = float(p["alpha"].reshape(()))
             else:
                 alpha = default_alpha if default_alpha is not None else float(rank)
-            if not math.isfinite(alpha):
-                raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
             modules[module] = "lora"
             tensors[f"{module}.lora_down.weight"] = down
             tensors[f"{module}.lora_up.weight"] = up
             tensors[f"{module}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if not math.isfinite(alpha):  # values are checked too, not only keys and shapes
+                raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
         else:
             raise fail(f"module '{module}' has {sorted(p)} but neither a diff nor a lora_down/lora_up pair")
         if "diff_b" in p:
