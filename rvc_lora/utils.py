@@ -41,7 +41,7 @@ class StorageError(RVCLoraError):
         """Describe ``exc`` for ``path`` (default: the file the error names) in one line with a fix."""
         where = Path(path if path is not None else (exc.filename or "?"))
         code = exc.errno
-        verb = "writing" if writing else "reading"
+        verb, doing = ("write", "writing") if writing else ("read", "reading")
         if code in (errno.ENOSPC, errno.EDQUOT):
             return cls(f"no space left while writing {where}", "free space and re-run", where, code)
         if code == errno.EFBIG:
@@ -50,22 +50,22 @@ class StorageError(RVCLoraError):
         if code in (errno.EACCES, errno.EPERM):
             fix = "make its folder writable or choose another output location" if writing else \
                 "check the file's permissions"
-            return cls(f"permission denied {verb} {where}", fix, where, code)
+            return cls(f"permission denied {doing} {where}", fix, where, code)
         if code == errno.EROFS:
             return cls(f"{where} is on a read-only file system", "choose another output location", where, code)
         if code == errno.ENOENT:
             what = "its folder does not exist" if writing else "no such file or folder"
-            return cls(f"cannot {verb[:-3]} {where}: {what}", "check the path", where, code)
+            return cls(f"cannot {verb} {where}: {what}", "check the path", where, code)
         if code in (errno.ENOTDIR, errno.EEXIST):
-            return cls(f"cannot {verb[:-3]} {where}: a part of the path is a file, not a folder",
+            return cls(f"cannot {verb} {where}: a part of the path is a file, not a folder",
                        "choose another output location", where, code)
         if code == errno.EISDIR:
-            return cls(f"cannot {verb[:-3]} {where}: it is a folder", "give a file name", where, code)
+            return cls(f"cannot {verb} {where}: it is a folder", "give a file name", where, code)
         if code in (errno.EMFILE, errno.ENFILE):
-            return cls(f"too many open files while {verb} {where}", "raise the limit (ulimit -n) and re-run",
+            return cls(f"too many open files while {doing} {where}", "raise the limit (ulimit -n) and re-run",
                        where, code)
         reason = exc.strerror or type(exc).__name__
-        return cls(f"cannot {verb[:-3]} {where}: {reason}", "check the disk and the path, then re-run", where, code)
+        return cls(f"cannot {verb} {where}: {reason}", "check the disk and the path, then re-run", where, code)
 
 
 @contextlib.contextmanager

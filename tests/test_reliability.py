@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import hashlib
 import io
 import os
@@ -443,8 +444,30 @@ def test_output_path_through_a_file_gives_one_line_for_every_writer(world, cli, 
     }
     for name, run in runs.items():
         line = run.error_line()
-        assert run.code == 1 and str(blocker) in line and "not a folder" in line, (name, line)
+        assert run.code == 1 and f"cannot write {blocker}" in line and "not a folder" in line, (name, line)
     assert temp_files(tmp_path) == []
+
+
+@pytest.mark.parametrize(("code", "writing", "expected"), [
+    (errno.ENOSPC, True, "no space left while writing {p}; free space and re-run"),
+    (errno.EDQUOT, True, "no space left while writing {p}; free space and re-run"),
+    (errno.EFBIG, True, "no space left while writing {p} (the file-size limit was reached); free space or raise"),
+    (errno.EACCES, True, "permission denied writing {p}; make its folder writable or choose another output"),
+    (errno.EACCES, False, "permission denied reading {p}; check the file's permissions"),
+    (errno.EROFS, True, "{p} is on a read-only file system; choose another output location"),
+    (errno.ENOENT, False, "cannot read {p}: no such file or folder"),
+    (errno.ENOTDIR, True, "cannot write {p}: a part of the path is a file, not a folder"),
+    (errno.EISDIR, True, "cannot write {p}: it is a folder; give a file name"),
+    (errno.EMFILE, False, "too many open files while reading {p}; raise the limit (ulimit -n)"),
+    (errno.EIO, True, "cannot write {p}: Input/output error; check the disk and the path"),
+])
+def test_every_file_system_error_becomes_one_line_with_a_fix(tmp_path, code, writing, expected):
+    from rvc_lora.utils import StorageError
+
+    path = tmp_path / "x.pth"
+    err = StorageError.from_os_error(OSError(code, os.strerror(code), str(path)), writing=writing)
+    assert str(err).startswith(expected.format(p=path)) and "\n" not in str(err), str(err)
+    assert err.exit_code == 1 and err.path == path
 
 
 def test_debug_flag_and_environment_show_the_traceback(world, cli, tmp_path, monkeypatch):
