@@ -192,8 +192,8 @@ def run_convert(args: argparse.Namespace) -> int:
             message = _file_failure(job.source, exc)
             failures.append((job.source, message.removeprefix(f"{job.source}: ")))
             bar.write(f"rvc-lora: failed: {message}", file=sys.stderr)
-            if isinstance(exc, StorageError) and exc.path is not None and exc.path != job.source:
-                rest = len(jobs) - position - 1  # the output side is full or refused: the next ones would be too
+            if isinstance(exc, StorageError):  # writing the output failed (full, refused): so would the rest
+                rest = len(jobs) - position - 1
                 if rest:
                     failures.append((Path(args.out), f"{rest} more input(s) not converted: stopped after this error"))
                 break
