@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvc_lora.safe_load import load_torch_file
 from rvc_lora.utils import RVCLoraError
 
 SAMPLE_RATE = 16000
@@ -319,10 +320,7 @@ def load_rmvpe(path: str | os.PathLike, device: torch.device | str = "cpu", half
     p = Path(path)
     if not p.is_file():
         raise RVCLoraError(f"{p}: RMVPE weights not found (RVC's assets/rmvpe/rmvpe.pt)")
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise RVCLoraError(f"{p}: not a loadable torch checkpoint ({exc})") from exc
+    state = load_torch_file(p)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

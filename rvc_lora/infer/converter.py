@@ -49,16 +49,13 @@ class _Host(SynthesizerLoRA):
         return self._fingerprints[key]
 
 
-def _adapter_list(adapters: Iterable[AdapterSpec] | None) -> list[tuple[Path, float]]:
-    from rvc_lora.merge import parse_adapter_spec
+def _adapter_list(adapters: Iterable[AdapterSpec] | None, force: bool) -> list[tuple[Path, float]]:
+    from rvc_lora.merge import check_strength, parse_adapter_spec
 
     out = []
     for item in adapters or ():
-        if isinstance(item, tuple):
-            path, strength = item
-            out.append((Path(path), float(strength)))
-        else:
-            out.append(parse_adapter_spec(str(item)))
+        path, strength = item if isinstance(item, tuple) else parse_adapter_spec(str(item))
+        out.append((Path(path), check_strength(strength, path, force)))
     return out
 
 
@@ -129,6 +126,7 @@ class Converter:
                                                   **opts)
             except ValueError as exc:
                 raise RVCLoraError(str(exc)) from None
+            self._pitch.load()  # a bad weights file fails here, not once per input
         self.index = None
         if index is not None:
             self.load_index(index)
@@ -146,19 +144,26 @@ class Converter:
         plus each adapter's delta times its strength (adapter files are compiled once and cached). An
         empty list returns to the plain base. On an error (bad file, wrong base) nothing changes.
         """
-        specs = _adapter_list(adapters)
+        specs = _adapter_list(adapters, force)
         compiled = [(self._merger.load(path, force=force), strength) for path, strength in specs]
         self._merger.apply(compiled)
         self.adapters = specs
 
-    def set_strength(self, position: int, strength: float) -> None:
-        """Change the strength of the ``position``-th active adapter (re-merged in place)."""
+    def set_strength(self, position: int, strength: float, force: bool = False) -> None:
+        """Change the strength of the ``position``-th active adapter (re-merged in place).
+
+        The strength must be finite and within the documented range unless ``force`` (see
+        :func:`rvc_lora.merge.check_strength`).
+        """
+        from rvc_lora.merge import check_strength
+
         if not 0 <= position < len(self.adapters):
             raise RVCLoraError(f"no active adapter at position {position} ({len(self.adapters)} active)")
+        strength = check_strength(strength, self.adapters[position][0], force)
         active = list(self._merger.active)
-        active[position] = (active[position][0], float(strength))
+        active[position] = (active[position][0], strength)
         self._merger.apply(active)
-        self.adapters[position] = (self.adapters[position][0], float(strength))
+        self.adapters[position] = (self.adapters[position][0], strength)
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self, path: str | os.PathLike | None) -> None:
@@ -187,6 +192,7 @@ class Converter:
         """Convert mono audio [N] at ``sr`` Hz -> (audio [M] float32, output rate).
 
         ``options`` (or keyword overrides such as ``pitch=12``, ``seed=0``) as in :class:`ConvertOptions`.
+        Raises RVCLoraError if the result holds NaN or infinite samples (they are never returned).
         """
         from rvc_lora.audio.resample import resample
 
@@ -200,7 +206,12 @@ class Converter:
             raise RVCLoraError(f"expected mono audio [samples] or [samples, channels], got shape {audio.shape}")
         audio16k = resample(audio, int(sr), SAMPLE_RATE)
         with torch.inference_mode():
-            return convert_audio(self._models(), audio16k, opts, self.times)
+            out, out_sr = convert_audio(self._models(), audio16k, opts, self.times)
+        n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        if n_bad:
+            raise RVCLoraError(f"the conversion produced {n_bad} NaN or infinite samples, so nothing was written "
+                               f"(is {self.model_path.name} or an adapter damaged? see `rvc-lora inspect`)")
+        return out, out_sr
 
     def convert_file(self, source: str | os.PathLike, target: str | os.PathLike,
                      options: ConvertOptions | None = None, fmt: str | None = None, **overrides) -> Path:

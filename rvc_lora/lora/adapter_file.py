@@ -177,6 +177,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         if split is None:
             raise fail(f"unknown tensor key '{key}' (expected .lora_down.weight, .lora_up.weight, "
                        ".alpha, .diff, .diff_b or peft .lora_A/.lora_B)")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise fail(f"tensor '{key}' holds NaN or infinite values; the adapter is damaged (export it again, "
+                       "e.g. by re-running its training, which resumes from the last checkpoint)")
         module, part, adapter = split
         if adapter is not None:
             peft_adapters.setdefault(module, set()).add(adapter)
@@ -223,6 +226,8 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             tensors[f"{module}.lora_down.weight"] = down
             tensors[f"{module}.lora_up.weight"] = up
             tensors[f"{module}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if not math.isfinite(alpha):  # values are checked too, not only keys and shapes
+                raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
         else:
             raise fail(f"module '{module}' has {sorted(p)} but neither a diff nor a lora_down/lora_up pair")
         if "diff_b" in p:

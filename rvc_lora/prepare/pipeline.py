@@ -50,7 +50,7 @@ from rvc_lora.prepare.ingest import (
 from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
 from rvc_lora.prepare.sources import AUDIO_EXTENSIONS, file_key, find_audio_files, fingerprint
-from rvc_lora.utils import RVCLoraError, atomic_write
+from rvc_lora.utils import RVCLoraError, atomic_write, remove_stale_temp_files
 
 STATE_DIR = ".prepare"
 # Less input than this is decoded in-process: starting worker processes (each imports torch) costs more.
@@ -120,14 +120,7 @@ def _clean_stray_temps(layout: ExperimentLayout, older_than: float) -> None:
     for folder in [layout.root, *(layout.root / d for d in ("0_gt_wavs", "1_16k_wavs", "2a_f0", "2b-f0nsf",
                                                             "3_feature256", "3_feature768")),
                    layout.root / STATE_DIR, layout.root / STATE_DIR / "files"]:
-        if not folder.is_dir():
-            continue
-        for tmp in folder.glob(".*.tmp"):
-            try:
-                if tmp.stat().st_mtime < older_than:
-                    tmp.unlink()
-            except FileNotFoundError:
-                pass
+        remove_stale_temp_files(folder, ["*"], older_than)
 
 
 def _read_state(path: Path) -> dict:

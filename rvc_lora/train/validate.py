@@ -29,7 +29,9 @@ def _int_at_least(problems: list[str], value, name: str, minimum: int) -> None:
 
 
 def _fail(problems: list[str]) -> None:
-    if problems:
+    if len(problems) == 1:
+        raise RVCLoraError(f"invalid training configuration: {problems[0]}")
+    if problems:  # several: one per line, so that all can be fixed at once
         raise RVCLoraError("invalid training configuration:\n  - " + "\n  - ".join(problems))
 
 
