@@ -68,6 +68,22 @@ def make_base(path: Path, seed: int = 0) -> Path:
     return save_pretrained(synth, path, config=TINY, version="v2", f0=1, sr="40k")
 
 
+def make_adapter(model_path: Path, out: Path, seed: int) -> Path:
+    """A rank-4 adapter over ``model_path`` with random (non-identity) up factors."""
+    from rvc_lora.checkpoint import load_rvc
+    from rvc_lora.generator_lora import SynthesizerLoRA
+    from rvc_lora.lora import LoRAConfig, lora_layers
+
+    synth = load_rvc(model_path).model
+    host = SynthesizerLoRA(synth, LoRAConfig(rank=4, alpha=4.0), base_desc=str(model_path))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(synth.dec).values():
+            up = layer.lora_up["default"].weight
+            up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
+    return host.save_adapter(out)
+
+
 def tiny_config(tmp: Path, **trainer: object) -> DictConfig:
     """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``)."""
     from rvc_lora.config import load_config

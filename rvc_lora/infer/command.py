@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rvc_lora.utils import RVCLoraError
+from rvc_lora.utils import RVCLoraError, StorageError, check_writable_folder
 
 if TYPE_CHECKING:
     import numpy as np
@@ -38,8 +38,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapters: bool = True) 
         parser.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
                             help="LoRA adapter merged at load, optional strength (default 1); repeatable")
         parser.add_argument("--force", action="store_true", help="apply adapters made for a different base")
-    parser.add_argument("--hubert", help="content model: RVC's hubert_base.pt or a HF HuBERT folder "
-                                         "(default: the file from `rvc-lora assets download hubert`)")
+    parser.add_argument("--hubert", "--content-model", dest="hubert", metavar="PATH",
+                        help="content model: RVC's hubert_base.pt, a HF HuBERT folder or a TorchScript content "
+                             "encoder (16 kHz [1, N] -> [frames, dim] at 50 Hz; detected) "
+                             "(default: the file from `rvc-lora assets download hubert`)")
     parser.add_argument("--f0-method", help="pitch method: rmvpe, fcpe, crepe, crepe-tiny, harvest, dio, pm, pyin "
                                             "(default rmvpe if --rmvpe is given, else fcpe)")
     parser.add_argument("--rmvpe", help="RVC's rmvpe.pt (for --f0-method rmvpe)")
@@ -184,6 +186,17 @@ def plan_jobs(inputs: list[str], out: str, fmt: str | None) -> tuple[list[Job], 
     return jobs, missing, fmt
 
 
+def _file_failure(source: Path, exc: Exception) -> str:
+    """One line for a failed input: RVCLoraError messages as they are, others named and described."""
+    if isinstance(exc, OSError):
+        exc = StorageError.from_os_error(exc, writing=False)
+    if isinstance(exc, RVCLoraError):
+        text = str(exc)
+        return text if text.startswith(str(source)) else f"{source}: {text}"
+    lines = str(exc).strip().splitlines()
+    return f"{source}: {type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """Run ``rvc-lora convert``; returns 0 if every input converted, 1 if any failed.
 
@@ -196,21 +209,27 @@ def run_convert(args: argparse.Namespace) -> int:
     jobs, failures, fmt = plan_jobs(list(args.inputs), args.out, args.format)
     options = options_from_args(args, read_f0_file(args.f0_file) if args.f0_file else None)
     converter = None
-    if jobs:
+    if jobs:  # a folder that cannot take the outputs fails now, not after the models are loaded
+        check_writable_folder(jobs[0].target.parent)
         converter = converter_from_args(args)
         if not 0 <= options.speaker_id < converter.n_speakers:
             raise RVCLoraError(f"--speaker-id {options.speaker_id}: {args.model} has {converter.n_speakers} "
                                f"speaker(s) (valid ids 0..{converter.n_speakers - 1})")
     done = 0
     bar = tqdm(jobs, unit="file", desc="convert", disable=None, file=sys.stderr)
-    for job in bar:
+    for position, job in enumerate(bar):
         try:
             converter.convert_file(job.source, job.target, options, fmt=fmt)
             done += 1
-        except (RVCLoraError, RuntimeError, ValueError, MemoryError) as exc:
-            message = str(exc) if isinstance(exc, RVCLoraError) else f"{job.source}: {type(exc).__name__}: {exc}"
+        except (RVCLoraError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+            message = _file_failure(job.source, exc)
             failures.append((job.source, message.removeprefix(f"{job.source}: ")))
             bar.write(f"rvc-lora: failed: {message}", file=sys.stderr)
+            if isinstance(exc, StorageError):  # writing the output failed (full, refused): so would the rest
+                rest = len(jobs) - position - 1
+                if rest:
+                    failures.append((Path(args.out), f"{rest} more input(s) not converted: stopped after this error"))
+                break
     bar.close()
     target = jobs[0].target if len(jobs) == 1 else Path(args.out)
     print(f"converted {done} file(s) -> {target}")
@@ -229,9 +248,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_convert(args)
-    except RVCLoraError as exc:
-        print(f"rvc-lora: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - the same one-line report as ``rvc-lora convert``
+        from rvc_lora.failures import debug_requested, report_failure
+
+        return report_failure(exc, debug_requested())
 
 
 if __name__ == "__main__":

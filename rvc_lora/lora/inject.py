@@ -139,7 +139,7 @@ def freeze_non_lora(root: nn.Module) -> int:
 def lora_state_dict(root: nn.Module, adapter_name: str = "default",
                     prefix: str = "") -> dict[str, torch.Tensor]:
     """Adapter tensors under kohya-style keys: ``<prefix><path>.lora_down.weight``, ``.lora_up.weight``,
-    ``.alpha`` (0-d fp32); diff adapters give ``<path>.diff``; bias deltas ``<path>.diff_b``."""
+    ``.alpha`` (0-d fp32, scale x rank); diff adapters give ``<path>.diff``; bias deltas ``<path>.diff_b``."""
     out: dict[str, torch.Tensor] = {}
     found = False
     for qname, layer in lora_layers(root).items():
@@ -150,7 +150,10 @@ def lora_state_dict(root: nn.Module, adapter_name: str = "default",
         if layer.kind[adapter_name] == LORA:
             out[f"{key}.lora_down.weight"] = layer.lora_down[adapter_name].weight.detach().clone()
             out[f"{key}.lora_up.weight"] = layer.lora_up[adapter_name].weight.detach().clone()
-            out[f"{key}.alpha"] = torch.tensor(layer.alpha[adapter_name], dtype=torch.float32)
+            # kohya's convention: scale = alpha / rank, so an rsLoRA adapter (alpha / sqrt(rank)) stores
+            # the alpha that gives its scale under that rule.
+            kohya_alpha = layer.scale[adapter_name] * layer.rank[adapter_name]
+            out[f"{key}.alpha"] = torch.tensor(kohya_alpha, dtype=torch.float32)
         else:
             out[f"{key}.diff"] = layer.lora_diff[adapter_name].detach().clone()
         if adapter_name in layer.lora_bias:

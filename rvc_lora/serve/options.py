@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rvc_lora.infer.pipeline import ConvertOptions
-from rvc_lora.merge import check_adapter_strength
+from rvc_lora.merge import check_strength
 from rvc_lora.serve.errors import RequestError
 from rvc_lora.serve.registry import AdapterEntry, AdapterRegistry, BadAdapterName, UnknownAdapter
 from rvc_lora.utils import RVCLoraError
@@ -115,7 +115,7 @@ def parse_adapters(raw: Any, registry: AdapterRegistry, prefix: str = "") -> lis
         if isinstance(strength, bool) or not isinstance(strength, (int, float)):
             raise RequestError(400, f"{where}.strength", f"must be a number, got {json.dumps(strength)}")
         try:
-            value = check_adapter_strength(strength, name=entry.name)
+            value = check_strength(strength, entry.name)
         except RVCLoraError as exc:
             raise RequestError(422, f"{where}.strength", str(exc)) from None
         if any(e.name == entry.name for e, _ in out):
