@@ -379,3 +379,18 @@ def test_web_page_in_headless_chromium_uploads_converts_and_plays(server, tmp_pa
     assert played["error"] is None and played["duration"] == pytest.approx(1.0, abs=0.02)
     assert played["rate"] == 40000 and played["length"] == pytest.approx(40000, abs=400)
     assert played["peak"] > 1e-3 and played["download"] == "voice-converted.wav"
+
+
+def test_library_errors_are_the_clients_4xx_but_the_servers_storage_failures_503_without_paths():
+    import errno
+
+    from rvc_lora.serve.errors import library_error
+    from rvc_lora.utils import RVCLoraError, StorageError
+
+    bad_input = library_error(RVCLoraError("/srv/tmp/upload.wav: not an audio file"), 400, "audio",
+                              ("/srv/tmp/upload.wav", "voice.wav"))
+    assert (bad_input.status, bad_input.field, bad_input.message) == (400, "audio", "voice.wav: not an audio file")
+    for exc in (OSError(errno.ENOSPC, "No space left on device", "/srv/tmp/upload.wav"),
+                StorageError.from_os_error(PermissionError(errno.EACCES, "Permission denied", "/srv/a.safetensors"))):
+        refused = library_error(exc, 422, "options.adapters")
+        assert refused.status == 503 and refused.field is None and "/srv" not in refused.message

@@ -155,6 +155,12 @@ def _snr(estimate: np.ndarray, reference: np.ndarray) -> float:
     return float(10 * np.log10(np.sum(reference ** 2) / max(np.sum((estimate - reference) ** 2), 1e-30)))
 
 
+def _converted_span(offline: np.ndarray) -> slice:
+    """The part of an offline conversion the synthesizer produced: as RVC, the pipeline ends 1-2 frames short
+    of the input and pads the rest with silence, which the stream (converting to the end) does not."""
+    return slice(0, int(np.flatnonzero(offline).max()) + 1)
+
+
 def _seam_mask(stream: StreamingConverter, n: int) -> np.ndarray:
     """True away from block seams: outside [seam - 20 ms, seam + crossfade + 20 ms) of every block start."""
     hop, lay = stream.hop, stream.layout
@@ -178,10 +184,12 @@ def test_streaming_10s_matches_offline_conversion_away_from_block_seams(dio_conv
     lay = stream.layout
     assert len(stream.stats.block_seconds) == 1000 // lay.block + int(np.ceil(lay.crossfade / lay.block))
     away = _seam_mask(stream, streamed.shape[0])
-    # measured (fixture model, tiny random HuBERT, CPU): 31.7 dB away from seams, 30.4 dB over everything.
-    # What remains is context: HuBERT and the text encoder attend over a 2-3 s window, not the whole file.
+    # measured (fixture model, tiny random HuBERT, CPU): 31.7 dB away from seams, 30.4 dB over the converted
+    # span. What remains is context: HuBERT and the text encoder attend over a 2-3 s window, not the whole file.
     assert _snr(streamed[away], offline[away]) > 28.0
-    assert _snr(streamed, offline) > 27.0
+    span = _converted_span(offline)
+    assert offline.shape[0] - span.stop <= 2 * stream.hop
+    assert _snr(streamed[span], offline[span]) > 27.0
 
 
 def test_streaming_machinery_reproduces_offline_when_the_models_need_no_context(local_converter, no_noise):
@@ -190,10 +198,11 @@ def test_streaming_machinery_reproduces_offline_when_the_models_need_no_context(
     offline, _ = local_converter.convert(audio, SR, options)
     streamed, _, stream = stream_convert(local_converter, audio, SR, options, StreamSettings(block=0.5))
     away = _seam_mask(stream, streamed.shape[0])
-    # measured: 91.7 dB away from seams, 44.6 dB over everything (68.1 / 36.0 dB on the 10 s signal): caches,
+    # measured: 91.7 dB away from seams, 50.5 dB over the converted span (68.1 / 36.0 dB on the 10 s signal): caches,
     # skip_head decoding, phase continuation and crossfade add nothing beyond float rounding away from seams.
     assert _snr(streamed[away], offline[away]) > 50.0
-    assert _snr(streamed, offline) > 30.0
+    span = _converted_span(offline)
+    assert _snr(streamed[span], offline[span]) > 30.0
 
 
 def test_stream_output_does_not_depend_on_how_the_input_is_chunked(local_converter):

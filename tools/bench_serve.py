@@ -15,7 +15,8 @@ rank-8 adapters, then:
     python tools/bench_serve.py            # defaults
     python tools/bench_serve.py --quick    # short clips, few requests, short streams
 
-Prints markdown tables. Throughput = seconds of audio converted per wall-clock second, all clients together.
+Prints markdown tables and writes the same text to ``--out`` (default ``tools/results/bench_serve.txt``).
+Throughput = seconds of audio converted per wall-clock second, all clients together.
 """
 
 from __future__ import annotations
@@ -46,6 +47,26 @@ from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E4
 from rvc_lora.models import build_synthesizer  # noqa: E402
 
 ADAPTERS = ("alice", "bob", "carol")
+DEFAULT_OUT = ROOT / "tools" / "results" / "bench_serve.txt"
+
+
+class Tee:
+    """Standard output that is also written, line by line, to a file (the raw results)."""
+
+    def __init__(self, stream, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self.stream, self.file = stream, open(path, "w")  # noqa: SIM115 - closed in close()
+
+    def write(self, text: str) -> int:
+        self.file.write(text)
+        self.file.flush()
+        return self.stream.write(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+    def close(self) -> None:
+        self.file.close()
 
 
 def free_port() -> int:
@@ -230,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-http", action="store_true")
     parser.add_argument("--skip-stream", action="store_true")
     parser.add_argument("--quick", action="store_true", help="2 s clips, 2 clients x 3 requests, 1 round, 4 s streams")
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT,
+                        help="also write the printed results here (default tools/results/bench_serve.txt)")
     add_allocator_flag(parser)
     args = parser.parse_args(argv)
     if args.quick:
@@ -237,6 +260,19 @@ def main(argv: list[str] | None = None) -> int:
         args.stream_seconds = min(args.stream_seconds, 4.0)
     allocator = setup_allocator(args)
     torch.manual_seed(0)
+    tee = Tee(sys.stdout, args.out)
+    sys.stdout = tee
+    try:
+        run(args, allocator)
+    finally:
+        sys.stdout = tee.stream
+        tee.close()
+    print(f"(written to {args.out})")
+    return 0
+
+
+def run(args: argparse.Namespace, allocator: str) -> None:
+    """Build the models, then the HTTP and streaming benchmarks; prints the tables."""
     print(f"## rvc-lora serve benchmark ({os.cpu_count()} CPUs, torch {torch.__version__}, {allocator} allocator)\n")
     print("full-size RVC v2 40k f0 synthesizer and HuBERT-base with random weights; 3 rank-8 adapters on "
           "dec.ups.* + dec.resblocks.*\n")
@@ -254,7 +290,6 @@ def main(argv: list[str] | None = None) -> int:
             bench_http(args, tmp, model, hubert, registry)
         if not args.skip_stream:
             bench_stream(args, model, hubert, registry / "alice.safetensors")
-    return 0
 
 
 if __name__ == "__main__":

@@ -23,17 +23,18 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="write the converted stream here (.wav / .flac; default: the speakers)")
     add_model_arguments(parser)
     add_option_arguments(parser)
+    from rvc_lora.infer.streaming import StreamSettings
+
+    default = StreamSettings()
     group = parser.add_argument_group("stream layout (seconds)")
-    group.add_argument("--block", type=float, default=0.5, help="audio per block (default 0.5; 20 ms steps)")
-    group.add_argument("--crossfade", type=float, default=0.05, help="crossfade between blocks (default 0.05)")
-    group.add_argument("--search", type=float, default=0.0,
-                       help="SOLA offset search (default 0: the excitation phase already continues)")
-    group.add_argument("--context", type=float, default=2.0, help="past audio the model attends over (default 2)")
-    group.add_argument("--content-context", type=float, default=1.0,
-                       help="past audio HuBERT sees each block (default 1)")
-    group.add_argument("--pitch-context", type=float, default=0.3,
-                       help="past audio the pitch extractor sees each block (default 0.3)")
-    group.add_argument("--margin", type=float, default=0.1, help="decoder warm-up, decoded and dropped (default 0.1)")
+    for flag, text in (("--block", "audio per block (20 ms steps)"), ("--crossfade", "crossfade between blocks"),
+                       ("--search", "SOLA offset search (0: the excitation phase already continues)"),
+                       ("--context", "past audio the model attends over"),
+                       ("--content-context", "past audio HuBERT sees each block"),
+                       ("--pitch-context", "past audio the pitch extractor sees each block"),
+                       ("--margin", "decoder warm-up, decoded and dropped")):
+        value = getattr(default, flag[2:].replace("-", "_"))
+        group.add_argument(flag, type=float, default=value, help=f"{text} (default {value:g})")
     parser.add_argument("--seconds", type=float, help="stop the microphone after this long (default: Ctrl-C)")
     parser.add_argument("--mic-rate", type=int, default=48000, help="microphone sample rate (default 48000)")
 
@@ -48,10 +49,11 @@ def _sounddevice():
 
 
 def _settings(args: argparse.Namespace):
+    from dataclasses import fields
+
     from rvc_lora.infer.streaming import StreamSettings
 
-    return StreamSettings(block=args.block, crossfade=args.crossfade, search=args.search, context=args.context,
-                          content_context=args.content_context, pitch_context=args.pitch_context, margin=args.margin)
+    return StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
 
 
 def _report(stream, audio_seconds: float) -> None:

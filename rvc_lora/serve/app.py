@@ -26,7 +26,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from rvc_lora.infer.converter import OUTPUT_FORMATS
 from rvc_lora.serve.engine import Engine
-from rvc_lora.serve.errors import ENGINE_ERRORS, RequestError, engine_error, without_path
+from rvc_lora.serve.errors import ENGINE_ERRORS, RequestError, engine_error, library_error, without_path
 from rvc_lora.serve.jobs import convert_job
 from rvc_lora.serve.metrics import ServeMetrics
 from rvc_lora.serve.middleware import BodyLimit, Metered
@@ -93,6 +93,8 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
 
     @app.exception_handler(Exception)
     async def _internal_error(request: Request, exc: Exception) -> JSONResponse:
+        if isinstance(exc, OSError):  # e.g. no space left for an upload's temporary file
+            return _error_response(library_error(exc, 500, None))
         log.exception("internal error on %s", request.url.path)
         return _error_response(RequestError(500, None, f"internal error: {type(exc).__name__}"))
 
@@ -185,8 +187,8 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
                 await engine.run(lambda worker: worker.converter.check_adapter(tmp), limits.timeout)
             except ENGINE_ERRORS as exc:
                 raise engine_error(exc) from None
-            except RVCLoraError as exc:
-                raise RequestError(422, "file", without_path(str(exc), tmp, f"{name}.safetensors")) from None
+            except (RVCLoraError, OSError) as exc:
+                raise library_error(exc, 422, "file", (tmp, f"{name}.safetensors")) from None
             try:
                 os.link(tmp, target)  # fails if the name was taken meanwhile; never overwrites
             except FileExistsError:
@@ -218,8 +220,8 @@ def create_app(engine: Engine, registry: AdapterRegistry, model: ModelInfo, limi
                 return load_audio(path)
             except RequestError:
                 raise
-            except RVCLoraError as exc:
-                raise RequestError(400, "audio", without_path(str(exc), path, label)) from None
+            except (RVCLoraError, OSError) as exc:
+                raise library_error(exc, 400, "audio", (path, label)) from None
 
     @app.post("/v1/convert")
     async def convert(request: Request) -> Response:

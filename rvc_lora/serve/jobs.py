@@ -8,7 +8,7 @@ import time
 import numpy as np
 
 from rvc_lora.serve.engine import Worker
-from rvc_lora.serve.errors import RequestError, without_path
+from rvc_lora.serve.errors import library_error
 from rvc_lora.serve.metrics import ServeMetrics
 from rvc_lora.serve.options import ConvertRequest
 from rvc_lora.serve.registry import AdapterRegistry
@@ -22,12 +22,11 @@ def use_request(worker: Worker, request: ConvertRequest, metrics: ServeMetrics, 
         try:
             conv.set_f0_method(request.f0_method)
         except RVCLoraError as exc:
-            raise RequestError(422, "options.f0_method", str(exc)) from None
+            raise library_error(exc, 422, "options.f0_method") from None
     try:
         metrics.swap(worker.use(request.adapters))
-    except RVCLoraError as exc:
-        raise RequestError(422, "options.adapters", without_path(str(exc), f"{registry.folder}{os.sep}", "")) \
-            from None
+    except (RVCLoraError, OSError) as exc:
+        raise library_error(exc, 422, "options.adapters", (f"{registry.folder}{os.sep}", "")) from None
 
 
 def convert_job(worker: Worker, request: ConvertRequest, audio: np.ndarray, sr: int, metrics: ServeMetrics,
@@ -40,7 +39,7 @@ def convert_job(worker: Worker, request: ConvertRequest, audio: np.ndarray, sr: 
     try:
         out, out_sr = conv.convert(audio, sr, request.options)
     except RVCLoraError as exc:
-        raise RequestError(422, "audio", str(exc)) from None
+        raise library_error(exc, 422, "audio") from None
     compute = time.perf_counter() - start
     for stage in ("pitch", "content", "index", "synthesis", "other"):
         metrics.compute_seconds.labels(stage).inc(getattr(conv.times, stage) - before[stage])

@@ -13,7 +13,7 @@ from starlette.websockets import WebSocketDisconnect
 
 from rvc_lora.infer.streaming import StreamingConverter, StreamSettings
 from rvc_lora.serve.engine import Engine, Worker
-from rvc_lora.serve.errors import ENGINE_ERRORS, RequestError, engine_error
+from rvc_lora.serve.errors import ENGINE_ERRORS, RequestError, engine_error, library_error
 from rvc_lora.serve.jobs import use_request
 from rvc_lora.serve.metrics import ServeMetrics
 from rvc_lora.serve.options import ConvertRequest, ModelInfo, parse_convert_request, parse_options_json
@@ -137,8 +137,8 @@ async def stream_session(ws: WebSocket, engine: Engine, registry: AdapterRegistr
         await ws_fail(ws, exc, metrics)
     except ENGINE_ERRORS as exc:
         await ws_fail(ws, engine_error(exc), metrics)
-    except RVCLoraError as exc:
-        await ws_fail(ws, RequestError(422, None, str(exc)), metrics)
+    except (RVCLoraError, OSError) as exc:
+        await ws_fail(ws, library_error(exc, 422, None), metrics)
     except Exception as exc:  # never let one stream take the server down
         log.exception("stream failed")
         await ws_fail(ws, RequestError(500, None, f"internal error: {type(exc).__name__}"), metrics)
