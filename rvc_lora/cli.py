@@ -215,6 +215,18 @@ def build_parser() -> argparse.ArgumentParser:
     add_convert_arguments(p)
     p.set_defaults(func=run_convert)
 
+    from rvc_lora.infer.live import add_live_arguments, run_live
+
+    p = command("live", help="streaming conversion: file or microphone -> file or speakers")
+    add_live_arguments(p)
+    p.set_defaults(func=run_live)
+
+    from rvc_lora.serve.command import add_serve_arguments, run_serve
+
+    p = command("serve", help="HTTP API, WebSocket streaming and web page (needs the 'serve' extra)")
+    add_serve_arguments(p)
+    p.set_defaults(func=run_serve)
+
     p = command("merge", help="merge adapters into a base, writing a standard RVC model")
     p.add_argument("--base", required=True, help="base RVC model (small model or pretrained G)")
     p.add_argument("--adapter", required=True, action="append", metavar="FILE[:STRENGTH]",

@@ -77,3 +77,12 @@ def write_nan_wav(path: Path, sr: int = 16000) -> Path:
     x[200] = np.inf
     sf.write(path, x, sr, subtype="FLOAT")
     return path
+
+
+def tone_with_noise_burst(duration: float, sr: int = 16000, f0: float = 220.0, seed: int = 0) -> np.ndarray:
+    """A harmonic tone whose middle 15% is a noise burst: voiced and unvoiced frames. float32 [T]."""
+    x = harmonic_tone(f0, duration, sr, n_harmonics=3, amplitude=0.4)
+    n = x.shape[0]
+    start, stop = int(0.4 * n), int(0.55 * n)
+    x[start:stop] = noise((stop - start) / sr, sr, amplitude=0.05, seed=seed)[:stop - start]
+    return x

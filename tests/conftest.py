@@ -30,6 +30,14 @@ def fixture_model_path(fixture_dir: Path) -> Path:
     return fixture_dir / "model.pth"
 
 
+@pytest.fixture(scope="session")
+def tiny_hubert_v2(tmp_path_factory) -> Path:
+    """A random tiny HuBERT (fairseq layout) giving 768-wide v2 features, shared by the whole session."""
+    from rvc_lora.features.content_testing import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("hubert_v2") / "hubert.pt", size="tiny", embed_dim=768)
+
+
 # Reference data computed by the original RVC conversion pipeline (copied from the project's shared/;
 # see its README). HuBERT-base and RMVPE weights are defined there by a formula (tests/reference_weights.py)
 # and generated once per session, here.

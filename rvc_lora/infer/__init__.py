@@ -9,6 +9,7 @@ from rvc_lora.infer.pipeline import (
     StageTimes,
     read_f0_file,
 )
+from rvc_lora.infer.streaming import StreamingConverter, StreamSettings, stream_convert
 
 __all__ = [
     "FP16_CONSTANTS",
@@ -17,6 +18,9 @@ __all__ = [
     "Converter",
     "PipelineConstants",
     "StageTimes",
+    "StreamSettings",
+    "StreamingConverter",
     "read_f0_file",
+    "stream_convert",
     "write_audio",
 ]

@@ -95,6 +95,8 @@ class AdapterMerger:
         self._base: dict[str, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._cache: OrderedDict[Path, CompiledAdapter] = OrderedDict()
         self.active: list[tuple[CompiledAdapter, float]] = []
+        self.cache_hits = 0  # loads answered from the compiled-adapter cache
+        self.cache_misses = 0  # loads that read and compiled the file
 
     def load(self, path: str | os.PathLike, force: bool = False) -> CompiledAdapter:
         """Read, check (base fingerprint) and compile an adapter file; cached by path, mtime and size."""
@@ -104,7 +106,9 @@ class AdapterMerger:
         cached = self._cache.get(key)
         if cached is not None and cached.stamp == stamp:
             self._cache.move_to_end(key)
+            self.cache_hits += 1
             return cached
+        self.cache_misses += 1
         adapter = read_adapter(path)
         modules = sorted(adapter.modules)
         check_fingerprint(adapter.metadata.get("base_fingerprint"), self.fingerprint(modules), str(path),

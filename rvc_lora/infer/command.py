@@ -6,8 +6,15 @@ import argparse
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rvc_lora.utils import RVCLoraError, StorageError, check_writable_folder
+
+if TYPE_CHECKING:
+    import numpy as np
+
+    from rvc_lora.infer.converter import Converter
+    from rvc_lora.infer.pipeline import ConvertOptions
 
 OUTPUT_SUFFIXES = ("wav", "flac")
 _EXTRA_AUDIO_SUFFIXES = {"wav", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "snd", "caf",
@@ -24,38 +31,79 @@ def audio_suffixes() -> set[str]:
         return set(_EXTRA_AUDIO_SUFFIXES)
 
 
-def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
-    """Register the options of ``rvc-lora convert`` on ``parser``."""
-    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or folders to convert")
+def add_model_arguments(parser: argparse.ArgumentParser, adapters: bool = True) -> None:
+    """Register what loads a :class:`Converter` (model, content model, pitch, index, device) on ``parser``."""
     parser.add_argument("--model", required=True, help="RVC model (.pth): RVC / Applio / rvc-lora files")
-    parser.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
-                        help="LoRA adapter merged at load, optional strength (default 1); repeatable")
-    parser.add_argument("--out", required=True,
-                        help="output file (one input) or folder (several inputs or a folder input)")
-    parser.add_argument("--format", choices=OUTPUT_SUFFIXES, help="output format (default: --out suffix, else wav)")
-    parser.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the model's)")
+    if adapters:
+        parser.add_argument("--adapter", action="append", default=[], metavar="FILE[:STRENGTH]",
+                            help="LoRA adapter merged at load, optional strength (default 1); repeatable")
+        parser.add_argument("--force", action="store_true", help="apply adapters made for a different base")
     parser.add_argument("--hubert", "--content-model", dest="hubert", metavar="PATH",
                         help="content model: RVC's hubert_base.pt, a HF HuBERT folder or a TorchScript content "
                              "encoder (16 kHz [1, N] -> [frames, dim] at 50 Hz; detected) "
                              "(default: the file from `rvc-lora assets download hubert`)")
-    parser.add_argument("--pitch", "--key", dest="pitch", type=float, default=0.0, metavar="SEMITONES",
-                        help="transpose by this many semitones (e.g. 12 = one octave up)")
     parser.add_argument("--f0-method", help="pitch method: rmvpe, fcpe, crepe, crepe-tiny, harvest, dio, pm, pyin "
                                             "(default rmvpe if --rmvpe is given, else fcpe)")
     parser.add_argument("--rmvpe", help="RVC's rmvpe.pt (for --f0-method rmvpe)")
-    parser.add_argument("--f0-file", help="f0 curve file, lines 'seconds,Hz', replacing the extracted f0")
     parser.add_argument("--index", help="faiss retrieval index (.index) built for this model")
+    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
+    parser.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
+                        help="auto = fp16 on CUDA, fp32 elsewhere")
+
+
+def add_option_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the per-conversion options (pitch, index rate, protect, loudness mix, ...) on ``parser``."""
+    parser.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the model's)")
+    parser.add_argument("--pitch", "--key", dest="pitch", type=float, default=0.0, metavar="SEMITONES",
+                        help="transpose by this many semitones (e.g. 12 = one octave up)")
     parser.add_argument("--index-rate", type=float, help="share of retrieved features, 0..1 (default 0.75)")
     parser.add_argument("--protect", type=float, default=0.33,
                         help="protect unvoiced consonants from the index, 0..0.5 (>= 0.5 disables; default 0.33)")
     parser.add_argument("--rms-mix", type=float, default=0.25,
                         help="loudness envelope: 1 keeps the output's, 0 copies the input's (default 0.25)")
     parser.add_argument("--speaker-id", type=int, default=0, help="speaker row of multi-speaker models")
-    parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
-                        help="auto = fp16 on CUDA, fp32 elsewhere")
     parser.add_argument("--seed", type=int, help="seed the synthesizer's noise for reproducible output")
-    parser.add_argument("--force", action="store_true", help="apply adapters made for a different base")
+
+
+def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the options of ``rvc-lora convert`` on ``parser``."""
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="audio files and/or folders to convert")
+    add_model_arguments(parser)
+    parser.add_argument("--out", required=True,
+                        help="output file (one input) or folder (several inputs or a folder input)")
+    parser.add_argument("--format", choices=OUTPUT_SUFFIXES, help="output format (default: --out suffix, else wav)")
+    add_option_arguments(parser)
+    parser.add_argument("--f0-file", help="f0 curve file, lines 'seconds,Hz', replacing the extracted f0")
+
+
+def options_from_args(args: argparse.Namespace, f0_curve: np.ndarray | None = None) -> ConvertOptions:
+    """The :class:`ConvertOptions` of parsed option arguments (checked)."""
+    from rvc_lora.infer.pipeline import ConvertOptions
+
+    options = ConvertOptions(
+        pitch=args.pitch,
+        f0_curve=f0_curve,
+        index_rate=0.75 if args.index_rate is None else args.index_rate,
+        protect=args.protect,
+        rms_mix=args.rms_mix,
+        speaker_id=args.speaker_id,
+        sample_rate=args.sample_rate,
+        seed=args.seed,
+    )
+    options.validate()
+    return options
+
+
+def converter_from_args(args: argparse.Namespace, **overrides) -> Converter:
+    """A :class:`Converter` from parsed model arguments (``overrides`` replace constructor arguments)."""
+    from rvc_lora.infer.converter import Converter
+    from rvc_lora.merge import parse_adapter_spec
+
+    kwargs = dict(adapters=[parse_adapter_spec(a) for a in getattr(args, "adapter", [])], index=args.index,
+                  device=args.device, half=None if args.precision == "auto" else args.precision == "fp16",
+                  f0_method=args.f0_method, rmvpe=args.rmvpe, force=getattr(args, "force", False))
+    kwargs.update(overrides)
+    return Converter(args.model, _hubert_path(args.hubert), **kwargs)
 
 
 @dataclass
@@ -156,31 +204,14 @@ def run_convert(args: argparse.Namespace) -> int:
     """
     from tqdm import tqdm
 
-    from rvc_lora.infer.converter import Converter
-    from rvc_lora.infer.pipeline import ConvertOptions, read_f0_file
-    from rvc_lora.merge import parse_adapter_spec
+    from rvc_lora.infer.pipeline import read_f0_file
 
     jobs, failures, fmt = plan_jobs(list(args.inputs), args.out, args.format)
-    options = ConvertOptions(
-        pitch=args.pitch,
-        f0_curve=read_f0_file(args.f0_file) if args.f0_file else None,
-        index_rate=0.75 if args.index_rate is None else args.index_rate,
-        protect=args.protect,
-        rms_mix=args.rms_mix,
-        speaker_id=args.speaker_id,
-        sample_rate=args.sample_rate,
-        seed=args.seed,
-    )
-    options.validate()
-    half = None if args.precision == "auto" else args.precision == "fp16"
+    options = options_from_args(args, read_f0_file(args.f0_file) if args.f0_file else None)
     converter = None
     if jobs:  # a folder that cannot take the outputs fails now, not after the models are loaded
         check_writable_folder(jobs[0].target.parent)
-        converter = Converter(
-            args.model, _hubert_path(args.hubert), [parse_adapter_spec(a) for a in args.adapter],
-            index=args.index, device=args.device, half=half, f0_method=args.f0_method, rmvpe=args.rmvpe,
-            force=args.force,
-        )
+        converter = converter_from_args(args)
         if not 0 <= options.speaker_id < converter.n_speakers:
             raise RVCLoraError(f"--speaker-id {options.speaker_id}: {args.model} has {converter.n_speakers} "
                                f"speaker(s) (valid ids 0..{converter.n_speakers - 1})")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 from collections.abc import Iterable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -30,6 +31,9 @@ from rvc_lora.infer.pipeline import (
 from rvc_lora.lora import fold_all_weight_norm
 from rvc_lora.models.synthesizer import CONTENT_DIMS
 from rvc_lora.utils import RVCLoraError, resolve_device
+
+if TYPE_CHECKING:
+    from rvc_lora.features.pitch import PitchExtractor
 
 AdapterSpec = str | os.PathLike | tuple[str | os.PathLike, float]
 OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
@@ -114,19 +118,10 @@ class Converter:
                 f"{hubert}: gives {dim}-dim {self.version} features but {model} is an RVC {self.version} model "
                 f"expecting {CONTENT_DIMS[self.version]}-dim features; use a HuBERT-base content model"
             )
-        self.f0_method = f0_method or ("rmvpe" if rmvpe else "fcpe")
         self.rmvpe = rmvpe
         self._pitch = None
-        if self.f0:
-            from rvc_lora.features.pitch import get_pitch_extractor
-
-            opts = {"filter_radius": 3} if self.f0_method.lower() == "harvest" else {}
-            try:
-                self._pitch = get_pitch_extractor(self.f0_method, device=str(self.device), rmvpe_path=rmvpe,
-                                                  **opts)
-            except ValueError as exc:
-                raise RVCLoraError(str(exc)) from None
-            self._pitch.load()  # a bad weights file fails here, not once per input
+        self._extractors: dict[str, PitchExtractor] = {}
+        self.set_f0_method(f0_method or ("rmvpe" if rmvpe else "fcpe"))
         self.index = None
         if index is not None:
             self.load_index(index)
@@ -165,6 +160,36 @@ class Converter:
         self._merger.apply(active)
         self.adapters[position] = (self.adapters[position][0], strength)
 
+    def check_adapter(self, path: str | os.PathLike, force: bool = False) -> None:
+        """Check an adapter file as :meth:`set_adapters` would (readable, base fingerprint, shapes) without
+        applying it; raises RVCLoraError naming the file."""
+        self._merger.load(path, force=force)
+
+    def base_fingerprint(self, module_paths: Iterable[str]) -> str:
+        """This model's base fingerprint over ``module_paths`` (what an adapter file stores)."""
+        return self._merger.fingerprint(sorted(module_paths))
+
+    def adapter_cache_stats(self) -> tuple[int, int]:
+        """(hits, misses) of the compiled-adapter cache since load: a miss reads and compiles a file."""
+        return self._merger.cache_hits, self._merger.cache_misses
+
+    # -- pitch method -------------------------------------------------------------------------------
+    def set_f0_method(self, method: str) -> None:
+        """Extract pitch with ``method`` from now on (each method's extractor is built once, then kept)."""
+        key = method.lower()
+        if self.f0 and key not in self._extractors:
+            from rvc_lora.features.pitch import get_pitch_extractor
+
+            opts = {"filter_radius": 3} if key == "harvest" else {}
+            try:
+                extractor = get_pitch_extractor(method, device=str(self.device), rmvpe_path=self.rmvpe, **opts)
+            except ValueError as exc:
+                raise RVCLoraError(str(exc)) from None
+            extractor.load()  # a bad weights file fails here, not once per input
+            self._extractors[key] = extractor
+        self._pitch = self._extractors.get(key)
+        self.f0_method = method
+
     # -- index -----------------------------------------------------------------------------------
     def load_index(self, path: str | os.PathLike | None) -> None:
         """Use the faiss index at ``path`` for retrieval (None removes it); checks its width."""
@@ -186,6 +211,11 @@ class Converter:
     def _models(self) -> PipelineModels:
         return PipelineModels(self.synth, self.content, self._pitch, self.index, self.device, self.dtype,
                               self.constants)
+
+    def pipeline_models(self) -> PipelineModels:
+        """What the pipeline runs on now: synthesizer (with the active adapters), content encoder, pitch
+        extractor, index, device (used by :class:`rvc_lora.infer.streaming.StreamingConverter`)."""
+        return self._models()
 
     def convert(self, audio: np.ndarray, sr: int, options: ConvertOptions | None = None,
                 **overrides) -> tuple[np.ndarray, int]:

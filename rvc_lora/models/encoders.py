@@ -45,10 +45,14 @@ class TextEncoder(nn.Module):
         self.proj = nn.Conv1d(hidden_channels, out_channels * 2, 1)
 
     def forward(
-        self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor
+        self, phone: torch.Tensor, pitch: torch.Tensor | None, lengths: torch.Tensor, skip_head: int = 0
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """phone ``[B, T, in]``, pitch ``[B, T]`` long (1..255) or None, lengths ``[B]``
-        -> (m ``[B, out, T]``, logs ``[B, out, T]``, x_mask ``[B, 1, T]``)."""
+        -> (m ``[B, out, T']``, logs ``[B, out, T']``, x_mask ``[B, 1, T']``), ``T' = T - skip_head``.
+
+        ``skip_head`` (streaming): the attention encoder still sees all ``T`` frames, then the first
+        ``skip_head`` frames are dropped before the projection.
+        """
         x = self.emb_phone(phone)
         if self.f0:
             if pitch is None:
@@ -58,6 +62,8 @@ class TextEncoder(nn.Module):
         x = x.transpose(1, -1)  # [B, hidden, T]
         x_mask = sequence_mask(lengths, x.size(2)).unsqueeze(1).to(x.dtype)
         x = self.encoder(x * x_mask, x_mask)
+        if skip_head:
+            x, x_mask = x[:, :, skip_head:], x_mask[:, :, skip_head:]
         stats = self.proj(x) * x_mask
         m, logs = torch.split(stats, self.out_channels, dim=1)
         return m, logs, x_mask

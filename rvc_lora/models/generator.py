@@ -215,9 +215,14 @@ class GeneratorNSF(_HiFiGANBase):
         if gin_channels:
             self.cond = nn.Conv1d(gin_channels, uic, 1)
 
-    def source(self, f0: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def source(self, f0: torch.Tensor, noise: torch.Tensor | None = None,
+               start_phase: torch.Tensor | None = None) -> torch.Tensor:
         """Harmonic source for f0 ``[B, T]`` Hz -> ``[B, 1, T * upp]`` (channels-first for the convs)."""
-        return self.m_source(f0, self.upp, noise=noise).transpose(1, 2)
+        return self.m_source(f0, self.upp, noise=noise, start=start_phase).transpose(1, 2)
+
+    def phase_advance(self, f0: torch.Tensor) -> torch.Tensor:
+        """Turns (mod 1) the sine advances over frames f0 ``[B, T]`` Hz: the ``start_phase`` of the next frames."""
+        return self.m_source.l_sin_gen.advance(f0, self.upp)
 
     def forward(
         self,
@@ -225,11 +230,13 @@ class GeneratorNSF(_HiFiGANBase):
         f0: torch.Tensor,
         g: torch.Tensor | None = None,
         noise: torch.Tensor | None = None,
+        start_phase: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """x ``[B, inter, T]``, f0 ``[B, T]`` Hz (0 = unvoiced), g ``[B, gin, 1]`` or None,
-        noise ``[B, T * upp, 1]`` standard-normal draw to use instead of ``torch.randn``
+        noise ``[B, T * upp, 1]`` standard-normal draw to use instead of ``torch.randn``,
+        start_phase ``[B]`` turns of the sine before the first sample (streaming; default 0)
         -> audio ``[B, 1, T * upp]`` in [-1, 1]."""
-        har_source = self.source(f0, noise)
+        har_source = self.source(f0, noise, start_phase)
         x = self.conv_pre(x)
         if g is not None:
             x = x + self.cond(g)

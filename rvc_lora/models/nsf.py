@@ -42,8 +42,12 @@ class SineGen(nn.Module):
         self.noise_std = noise_std
         self.voiced_threshold = voiced_threshold
 
-    def phase(self, f0: torch.Tensor, upp: int) -> torch.Tensor:
-        """Fundamental phase in turns (fractional part not taken): f0 ``[B, T]`` -> ``[B, T * upp]``."""
+    def phase(self, f0: torch.Tensor, upp: int, start: torch.Tensor | None = None) -> torch.Tensor:
+        """Fundamental phase in turns (fractional part not taken): f0 ``[B, T]`` -> ``[B, T * upp]``.
+
+        ``start`` ``[B]`` (turns): the phase reached before the first sample (default 0), so that a
+        signal decoded piece by piece continues the phase of the previous piece (see :meth:`advance`).
+        """
         f0 = f0.float().unsqueeze(-1)  # [B, T, 1]
         steps = torch.arange(1, upp + 1, device=f0.device)
         within = f0 / self.sample_rate * steps  # [B, T, upp]: phase reached inside each frame
@@ -51,14 +55,26 @@ class SineGen(nn.Module):
         advance = torch.fmod(within[:, :-1, -1:] + 0.5, 1.0) - 0.5
         carry = advance.cumsum(dim=1).fmod(1.0)
         within = within + F.pad(carry, (0, 0, 1, 0))
+        if start is not None:
+            within = within + start.to(within).reshape(-1, 1, 1)
         return within.reshape(f0.shape[0], -1)
 
+    def advance(self, f0: torch.Tensor, upp: int) -> torch.Tensor:
+        """Phase gained over the frames of f0 ``[B, T]`` (Hz), in turns modulo 1: ``[B]`` float64.
+
+        Decoding frames ``[0, T)`` and then frames ``[T, ...)`` with ``start = advance(f0[:, :T])``
+        continues the sine exactly where a single decode of both would be.
+        """
+        return torch.remainder((f0.double() * (upp / self.sample_rate)).sum(dim=1), 1.0)
+
     @torch.no_grad()
-    def forward(self, f0: torch.Tensor, upp: int, noise: torch.Tensor | None = None) -> torch.Tensor:
+    def forward(self, f0: torch.Tensor, upp: int, noise: torch.Tensor | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
         """f0 ``[B, T]`` Hz, upp samples per frame, optional standard-normal ``noise``
-        ``[B, T * upp, dim]`` replacing the random draw -> excitation ``[B, T * upp, dim]``."""
+        ``[B, T * upp, dim]`` replacing the random draw, optional start phase ``[B]`` (turns)
+        -> excitation ``[B, T * upp, dim]``."""
         harmonics = torch.arange(1, self.dim + 1, device=f0.device, dtype=torch.float32)
-        rad = self.phase(f0, upp).unsqueeze(-1) * harmonics  # [B, N, dim]
+        rad = self.phase(f0, upp, start).unsqueeze(-1) * harmonics  # [B, N, dim]
         initial = torch.rand(1, 1, self.dim, device=f0.device)
         initial[..., 0] = 0
         sines = torch.sin(2 * math.pi * (rad + initial)) * self.sine_amp
@@ -86,7 +102,9 @@ class SourceModuleHnNSF(nn.Module):
         self.l_sin_gen = SineGen(sample_rate, harmonic_num, sine_amp, add_noise_std, voiced_threshold)
         self.l_linear = nn.Linear(harmonic_num + 1, 1)
 
-    def forward(self, f0: torch.Tensor, upp: int, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """f0 ``[B, T]`` Hz -> source ``[B, T * upp, 1]`` in the dtype of ``l_linear``."""
-        sines = self.l_sin_gen(f0, upp, noise=noise).to(self.l_linear.weight.dtype)
+    def forward(self, f0: torch.Tensor, upp: int, noise: torch.Tensor | None = None,
+                start: torch.Tensor | None = None) -> torch.Tensor:
+        """f0 ``[B, T]`` Hz (start phase ``[B]`` turns, optional) -> source ``[B, T * upp, 1]`` in the
+        dtype of ``l_linear``."""
+        sines = self.l_sin_gen(f0, upp, noise=noise, start=start).to(self.l_linear.weight.dtype)
         return torch.tanh(self.l_linear(sines))

@@ -17,10 +17,12 @@ from .encoders import PosteriorEncoder, TextEncoder
 from .generator import Generator, GeneratorNSF
 from .modules import ResidualCouplingBlock
 
-__all__ = ["CONTENT_DIMS", "Synthesizer", "build_synthesizer", "rand_slice_segments", "slice_segments"]
+__all__ = ["CONTENT_DIMS", "FLOW_CONTEXT", "Synthesizer", "build_synthesizer", "rand_slice_segments", "slice_segments"]
 
 #: content feature size per RVC version
 CONTENT_DIMS = {"v1": 256, "v2": 768}
+#: frames of left context the flow needs (4 coupling layers x 3 WN convs of kernel 5: 4 * 3 * 2 frames)
+FLOW_CONTEXT = 24
 _CONFIG_LEN = 18
 
 
@@ -149,22 +151,41 @@ class Synthesizer(nn.Module):
         nsff0: torch.Tensor | None,
         sid: torch.Tensor,
         noise_scale: float = 0.66666,
+        skip_head: int | None = None,
+        return_length: int | None = None,
+        start_phase: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, tuple[torch.Tensor, ...]]:
         """Conversion pass.
 
         Args: phone ``[B, T, C]`` (content at 100 fps), phone_lengths ``[B]``, pitch ``[B, T]`` long
         (coarse 1..255) and nsff0 ``[B, T]`` Hz (None for no-f0 models), sid ``[B]`` long.
-        Returns: (audio ``[B, 1, T * hop]``, x_mask ``[B, 1, T]``, (z, z_p, m_p, logs_p)).
+        Realtime options (RVC's): ``skip_head`` / ``return_length`` decode only frames
+        ``[skip_head, skip_head + return_length)``: the text encoder still attends over all ``T`` frames,
+        the flow runs from ``skip_head - FLOW_CONTEXT`` on (its whole receptive field, so its output on
+        the kept frames is unchanged) and the decoder sees only the kept frames.
+        ``start_phase`` ``[B]`` (turns): phase of the NSF sine before the first decoded sample.
+        Returns: (audio ``[B, 1, L * hop]``, x_mask ``[B, 1, L]``, (z, z_p, m_p, logs_p)) with
+        ``L = return_length`` (default: all frames from ``skip_head``); z_p, m_p, logs_p start at
+        ``skip_head - FLOW_CONTEXT`` (clamped at 0).
         RNG order: ``randn_like(m_p)``, then the decoder's rand (initial phase) and randn (source noise).
         Like RVC, gradients are not disabled here: wrap calls in ``torch.inference_mode()``.
         """
         self._check_pitch(pitch, nsff0)
+        head = int(skip_head or 0)
+        length = phone.shape[1] - head if return_length is None else int(return_length)
+        if head < 0 or length <= 0 or head + length > phone.shape[1]:
+            raise ValueError(f"skip_head {head} + return_length {length} must lie within the {phone.shape[1]} "
+                             "input frames")
+        flow_head = max(head - FLOW_CONTEXT, 0)
         g = self.emb_g(sid).unsqueeze(-1)
-        m_p, logs_p, x_mask = self.enc_p(phone, pitch if self.f0 else None, phone_lengths)
+        m_p, logs_p, x_mask = self.enc_p(phone, pitch if self.f0 else None, phone_lengths, skip_head=flow_head)
         z_p = (m_p + torch.exp(logs_p) * torch.randn_like(m_p) * noise_scale) * x_mask
         z = self.flow(z_p, x_mask, g=g, reverse=True)
+        dec_head = head - flow_head
+        if dec_head or z.shape[2] != length:
+            z, x_mask = z[:, :, dec_head:dec_head + length], x_mask[:, :, dec_head:dec_head + length]
         if self.f0:
-            audio = self.dec(z * x_mask, nsff0, g=g)
+            audio = self.dec(z * x_mask, nsff0[:, head:head + length], g=g, start_phase=start_phase)
         else:
             audio = self.dec(z * x_mask, g=g)
         return audio, x_mask, (z, z_p, m_p, logs_p)
