@@ -45,7 +45,7 @@ def _make_adapter(model_path, out, seed):
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(synth.dec).values():
-            up = layer.lora_up["default"].weight
+            up = layer.adapters["default"].lora_up
             up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
     return host.save_adapter(out)
 

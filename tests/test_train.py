@@ -267,5 +267,26 @@ def test_trained_speaker_row_is_saved_and_loads_onto_the_base(setup_dir, tmp_pat
     assert diff[0].abs().sum() > 0 and diff[1:].abs().sum() == 0  # only the trained row moves
     base = load_rvc(setup_dir / "G.pth").model
     before = base.emb_g.weight.detach().clone()
-    SynthesizerLoRA(base).load_adapter(result.adapter_path)
-    assert torch.allclose(base.emb_g.weight, before + diff.float(), atol=1e-3)
+    host = SynthesizerLoRA(base)
+    host.load_adapter(result.adapter_path)
+    host.merge()
+    assert torch.allclose(base.emb_g.base.weight, before + diff.float(), atol=1e-3)
+
+
+@pytest.mark.parametrize(("algorithm", "zero_init_parts"), [
+    ("loha", ("hada_w2_a",)), ("lokr", ("lokr_w2", "lokr_w2_b")), ("dora", ("lora_up",)), ("full", ("diff",)),
+])
+def test_every_algorithm_trains_and_exports(setup_dir, tmp_path, algorithm, zero_init_parts):
+    from rvc_lora.lora import read_adapter
+    from rvc_lora.lora.algorithms import split_key
+
+    result = run_training(_cfg(setup_dir, tmp_path / "run", **{
+        "lora.algorithm": algorithm, "trainer.max_steps": 2, "trainer.validation_interval": 100,
+        "trainer.checkpoint_interval": 100}))
+    adapter = read_adapter(result.adapter_path)
+    assert adapter.metadata["algorithm"] == algorithm
+    assert set(adapter.modules.values()) == {"diff" if algorithm == "full" else algorithm}
+    # The parts that start at zero (so that a new adapter is an identity) moved: it did train.
+    trained = [t for k, t in adapter.tensors.items() if split_key(k)[1] in zero_init_parts]
+    assert trained and any(t.abs().sum() > 0 for t in trained)
+    assert load_rvc(tmp_path / "run" / "merged.pth").format == "small"
