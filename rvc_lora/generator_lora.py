@@ -72,12 +72,10 @@ class AdapterHost:
     Every change of strengths, merging and swapping goes through the layers' own merge (``LoRALayer``).
     """
 
-    def __init__(self, parts: dict[str, nn.Module], info: dict[str, Any] | None = None,
-                 root: nn.Module | None = None, root_prefix: str = ""):
+    def __init__(self, parts: dict[str, nn.Module], root: nn.Module, root_prefix: str = "",
+                 info: dict[str, Any] | None = None):
         self.parts = parts
         self.info = dict(info or {})
-        if root is None:
-            (root_prefix, root), = parts.items()
         self.root, self.root_prefix = root, root_prefix
         self._base_state: dict[str, torch.Tensor] = {}
         for prefix, module in parts.items():
@@ -191,8 +189,9 @@ class AdapterHost:
         if set(own) != set(tensors):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
             raise RVCLoraError(f"adapter tensors do not match: missing {missing[:4]}, unexpected {extra[:4]}")
+        layers = self.layers()
         for path, parts in group_adapter_tensors(tensors).items():
-            self.layers()[path].adapters[adapter_name].load_parts(parts)
+            layers[path].adapters[adapter_name].load_parts(parts)
 
     def metadata(self, adapter_name: str = "default") -> dict[str, Any]:
         """Metadata that describes an adapter for its file: algorithm, rank, alpha, targets, base, fingerprint."""
@@ -290,7 +289,7 @@ class GeneratorLoRA(AdapterHost):
 
     def __init__(self, generator: nn.Module, config: LoRAConfig | None = None,
                  adapter_name: str = "default", info: dict[str, Any] | None = None):
-        super().__init__({"dec.": generator}, info)
+        super().__init__({"dec.": generator}, generator, "dec.", info)
         if config is not None:
             self.add("dec.", replace(config, targets=config.targets or GENERATOR_TARGETS), adapter_name)
 
@@ -314,7 +313,7 @@ class SynthesizerLoRA(AdapterHost):
         info = _synth_info(synth)
         if base_desc:
             info["base_desc"] = base_desc
-        super().__init__({"dec.": synth.dec, "flow.": synth.flow, "enc_p.": synth.enc_p}, info, root=synth)
+        super().__init__({"dec.": synth.dec, "flow.": synth.flow, "enc_p.": synth.enc_p}, synth, "", info)
         self.synth = synth
         if config is None:
             return

@@ -179,6 +179,8 @@ def test_full_fine_tune_trains_everything(setup_dir, tmp_path):
         ({"trainer.batch_size": 0}, "trainer.batch_size must be an integer >= 1"),
         ({"model.sample_rate": 48000}, r"model.sample_rate=48000 contradicts the experiment.*\(model=v2_40k\)"),
         ({"trainer.grad_accum": 0}, "trainer.grad_accum must be an integer >= 1"),
+        ({"lora.algorithm": "lokra"}, "lora: unknown adapter algorithm 'lokra'; choose one of lora, loha"),
+        ({"lora.algorithm": "loha", "lora.dropout": 0.1}, "dropout applies to lora and dora only"),
     ],
 )
 def test_bad_configs_fail_before_training(setup_dir, tmp_path, override, message):

@@ -29,6 +29,7 @@ from bench_common import add_allocator_flag, setup_allocator
 
 from rvc_lora.generator_lora import GeneratorLoRA
 from rvc_lora.lora import LoRAConfig, LoRALayer, fold_all_weight_norm, lora_layers, merge_and_unload, set_forward_mode
+from rvc_lora.lora.layers import TRAINING_MODE
 from rvc_lora.models import build_synthesizer
 from rvc_lora.utils import resolve_device
 
@@ -163,8 +164,6 @@ def _describe(layer: LoRALayer) -> str:
 
 
 def training(args: argparse.Namespace, device: torch.device, fresh: Callable[[], torch.nn.Module]) -> None:
-    from rvc_lora.lora.layers import TRAINING_MODE
-
     batch, frames = args.batch, SEGMENT_FRAMES
     x = torch.randn(batch, 192, frames, device=device)
     f0 = torch.full((batch, frames), 200.0, device=device)

@@ -39,14 +39,14 @@ FORWARD_MODES = ("auto", "rebuild", "bypass")
 TRAINING_MODE = {"conv1d": "rebuild", "conv_transpose1d": "rebuild", "linear": "rebuild", "embedding": "rebuild"}
 
 
-def add_deltas(start: torch.Tensor, terms: list[tuple[torch.Tensor, float]],
-               dtype: torch.dtype | None = None) -> torch.Tensor:
-    """``start + sum(strength * delta)`` in ``dtype`` (default ``start``'s): the one place deltas are added."""
-    out = start.to(dtype or start.dtype)
-    for i, (delta, strength) in enumerate(terms):
-        delta = delta.to(out.dtype)
-        out = torch.add(out, delta, alpha=strength) if i == 0 else out.add_(delta, alpha=strength)
-    return out
+def accumulate(target: torch.Tensor, terms: list[tuple[AdapterModule, float]], base_weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> None:
+    """``target += sum(strength * dW)`` (and ``bias += sum(strength * db)``) in place, deltas taken against
+    ``base_weight``: the one place adapter deltas are added, for rebuilt and for merged weights."""
+    for adapter, strength in terms:
+        adapter.add_delta_(target, strength, base_weight)
+        if bias is not None and adapter.diff_b is not None:
+            bias.add_(adapter.diff_b.to(bias.dtype), alpha=strength)
 
 
 class LoRALayer(nn.Module):
@@ -221,13 +221,9 @@ class LoRALayer(nn.Module):
     def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
         """``(W_eff, b_eff)`` for this forward: the base's (with any merged adapters) plus strength x delta
         of each live adapter; shapes of ``base.weight`` / ``base.bias``, in the base dtype."""
-        live = self._live()
-        w0 = self.original_weight()
-        weight = add_deltas(self.base.weight, [(self.adapters[n].delta_weight(w0), s) for n, s in live])
-        bias = getattr(self.base, "bias", None)
-        if bias is not None:
-            bias = add_deltas(bias, [(self.adapters[n].diff_b, s) for n, s in live
-                                     if self.adapters[n].diff_b is not None])
+        weight = self.base.weight.clone()
+        bias = None if self.bias is None else self.bias.clone()
+        accumulate(weight, [(self.adapters[n], s) for n, s in self._live()], self.original_weight(), bias)
         return weight, bias
 
     def _rebuilds(self, live: list[tuple[str, float]]) -> bool:
@@ -274,16 +270,16 @@ class LoRALayer(nn.Module):
         names = [n for n in names if n not in self.merged]
         if not names:
             return []
-        w = self.base.weight
-        b = getattr(self.base, "bias", None)
+        w, b = self.base.weight, self.bias
         if self._premerge is None:
             self._premerge = (w.detach().clone(), None if b is None else b.detach().clone())
-        acc = torch.promote_types(w.dtype, torch.float32)
-        w0 = self._premerge[0].to(acc)
-        w.copy_(add_deltas(w, [(self.adapters[n].delta_weight(w0), self.strength[n]) for n in names], acc))
-        if b is not None:
-            b.copy_(add_deltas(b, [(self.adapters[n].diff_b, self.strength[n]) for n in names
-                                   if self.adapters[n].diff_b is not None], acc))
+        acc = torch.promote_types(w.dtype, torch.float32)  # fp16/bf16 weights are summed in fp32
+        w_acc, b_acc = w.to(acc), None if b is None else b.to(acc)  # the parameters themselves when fp32
+        accumulate(w_acc, [(self.adapters[n], self.strength[n]) for n in names], self._premerge[0].to(acc), b_acc)
+        if w_acc is not w:
+            w.copy_(w_acc)
+        if b is not None and b_acc is not b:
+            b.copy_(b_acc)
         for n in names:
             self.merged[n] = self.strength[n]
         return names

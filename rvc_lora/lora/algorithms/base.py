@@ -42,7 +42,7 @@ class AdaptedLayer(Protocol):
 
 def as_parameter(t: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
     """A fresh parameter holding ``t`` on ``like``'s device and dtype."""
-    return nn.Parameter(t.detach().to(device=like.device, dtype=like.dtype).clone())
+    return nn.Parameter(t.detach().to(device=like.device, dtype=like.dtype, copy=True))
 
 
 def fit_shape(layer: AdaptedLayer, part: str, t: torch.Tensor, shape: tuple[int, ...]) -> torch.Tensor:
@@ -145,6 +145,10 @@ class AdapterModule(nn.Module):
     def delta_weight(self, base_weight: torch.Tensor) -> torch.Tensor:
         """``scale * dW`` in ``base_weight``'s dtype and shape; ``base_weight`` is the unmerged base."""
         raise NotImplementedError
+
+    def add_delta_(self, target: torch.Tensor, strength: float, base_weight: torch.Tensor) -> None:
+        """``target += strength * scale * dW`` in place (``target`` shaped like the weight, any values)."""
+        target.add_(self.delta_weight(base_weight).to(target.dtype), alpha=strength)
 
     def bypass(self, layer: AdaptedLayer, x: torch.Tensor, base_out: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """The adapter's contribution to the output computed beside the base (``base_out = base(x)``).

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from ..weight_norm import norm_except_dim
-from .base import AdaptedLayer, alpha_scale, as_parameter
+from .base import AdaptedLayer, AdapterModule, alpha_scale, as_parameter
 from .lora import LoRA
 
 
@@ -57,6 +57,8 @@ class DoRA(LoRA):
     def delta_weight(self, base_weight):
         gain, direction = self._gain(base_weight)
         return gain * direction - base_weight
+
+    add_delta_ = AdapterModule.add_delta_  # not LoRA's shortcut: DoRA's delta is not LoRA's
 
     def bypass(self, layer, x, base_out, *args, **kwargs):
         """``(g - 1) * W x + g * scale * up(down(x))`` with ``g = m / ||V||`` per output channel."""

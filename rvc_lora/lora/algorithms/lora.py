@@ -77,7 +77,11 @@ class LoRA(AdapterModule):
 
     def delta_weight(self, base_weight):
         left, right = self._matrices(base_weight.dtype)
-        return (left @ right).reshape(self.weight_shape) * self.scale
+        return ((left * self.scale) @ right).reshape(self.weight_shape)
+
+    def add_delta_(self, target, strength, base_weight):
+        left, right = self._matrices(target.dtype)  # one fused pass over the weight, no delta tensor
+        target.view(left.shape[0], -1).addmm_(left, right, alpha=strength * self.scale)
 
     def branch(self, layer: AdaptedLayer, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
         """``scale * up(down(dropout(x)))``: the low-rank path on the activations."""
