@@ -249,3 +249,27 @@ def test_delete_merged_adapter_keeps_others_merged():
     layer.delete_adapter("a")
     assert layer.merged.keys() == {"b"}
     assert _rel(layer(x), only_b) < 1e-5
+
+
+def test_auto_mode_rebuilds_without_gradients_follows_the_training_table_and_bypasses_for_dropout(monkeypatch):
+    from rvc_lora.lora.layers import TRAINING_MODE
+
+    torch.manual_seed(10)
+    layer, x = _conv(CONV_CASES[0])
+    layer.add_adapter("a", _cfg(rank=2, dropout=0.5))
+    _randomise(layer, "a")
+    rebuilds = []
+    real = layer.effective_weight
+    monkeypatch.setattr(layer, "effective_weight", lambda: rebuilds.append(1) or real())
+    layer.eval()
+    with torch.no_grad():
+        layer(x)
+    assert rebuilds == [1]  # inference: one rebuilt weight
+    layer(x)
+    assert len(rebuilds) == (2 if TRAINING_MODE["conv1d"] == "rebuild" else 1)  # gradients on: the table
+    layer.train()
+    layer(x)
+    assert len(rebuilds) == (2 if TRAINING_MODE["conv1d"] == "rebuild" else 1)  # active dropout: bypass
+    layer.merge()
+    with torch.no_grad():
+        assert torch.equal(layer(x), layer.base(x))  # merged: the plain base runs

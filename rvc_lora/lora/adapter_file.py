@@ -24,13 +24,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..utils import RVCLoraError, atomic_write
-from .algorithms import ALGORITHMS, KEY_SUFFIXES, algorithm_of, part_key
+from .algorithms import ALGORITHMS, algorithm_of, part_key, split_key
 
 FORMAT_NAME = "rvc-lora"
 FORMAT_VERSION = "1"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
-_OURS = KEY_SUFFIXES
 _PEFT = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _PEFT_PREFIX = "base_model.model."
 
@@ -52,9 +51,8 @@ class AdapterFile:
             if cls is not None:
                 parts = {p: self.tensors[part_key(module, p)] for p in cls.part_names
                          if part_key(module, p) in self.tensors}
-                if cls.rank_of(parts):
-                    ranks[module] = cls.rank_of(parts)
-        return ranks
+                ranks[module] = cls.rank_of(parts)
+        return {module: rank for module, rank in ranks.items() if rank}
 
 
 def save_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
@@ -197,9 +195,9 @@ def _check_family(family, module: str, parts: dict[str, torch.Tensor], fail) -> 
 
 def _split_key(key: str) -> tuple[str, str, str | None] | None:
     """``(module, part, peft adapter name or None)`` for a tensor key, or None if unknown."""
-    for suf, part in _OURS.items():
-        if key.endswith(suf) and len(key) > len(suf):
-            return key[: -len(suf)], part, None
+    ours = split_key(key)
+    if ours is not None:
+        return ours[0], ours[1], None
     m = _PEFT.match(key)
     if m is None:
         return None
