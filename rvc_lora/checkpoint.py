@@ -13,9 +13,7 @@ Files whose weight norm uses ``parametrizations.weight.original0/1`` keys are re
 
 from __future__ import annotations
 
-import pickle
 import re
-import zipfile
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -32,11 +30,14 @@ from rvc_lora.models import (
     build_discriminator,
     shipped_config,
 )
+from rvc_lora.safe_load import load_torch_file
 from rvc_lora.utils import RVCLoraError, atomic_write
 
 _PARAM_G = re.compile(r"\.parametrizations\.weight\.original0$")
 _PARAM_V = re.compile(r"\.parametrizations\.weight\.original1$")
 SAMPLE_RATES = (32000, 40000, 48000)
+_NOT_WRITTEN = ("nothing was written (an input holds NaN, or the weights exceed the file's dtype range: try "
+                "fp32 or smaller adapter strengths)")
 
 
 @dataclass
@@ -74,32 +75,15 @@ class RVCCheckpoint:
 
 
 def read_checkpoint_file(path: str | Path) -> Any:
-    """``torch.load`` with ``weights_only=True`` and one-line errors that name the file."""
-    path = Path(path)
-    if not path.is_file():
-        raise RVCLoraError(f"{path}: file not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        message = str(exc)
-        culprit = re.search(r"Unsupported global: GLOBAL ([\w.]+)", message)
-        if culprit:  # a real pickle that would import and call arbitrary code
-            raise RVCLoraError(
-                f"{path}: refused: the file needs arbitrary Python objects to load ({culprit.group(1)}); "
-                "rvc-lora loads tensors only and never executes pickled code"
-            ) from None
-        reason = re.search(r"WeightsUnpickler error:\s*(.+?)\s*(?:Check the documentation|$)", message, re.S)
-        detail = " ".join(reason.group(1).split()) if reason else _first_line(message)
-        raise RVCLoraError(f"{path}: not a PyTorch checkpoint ({detail}); is it a complete .pth file?") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError, KeyError) as exc:
-        raise RVCLoraError(
-            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {_first_line(str(exc))}"
-        ) from None
+    """Read a model file safely (:func:`rvc_lora.safe_load.load_torch_file`); errors name the file."""
+    return load_torch_file(path)
 
 
-def _first_line(text: str) -> str:
-    text = text.strip()
-    return text.splitlines()[0][:200] if text else "unknown error"
+def check_finite(tensors: Mapping[str, Any], source: str | Path, fix: str = "the file is damaged") -> None:
+    """Raise RVCLoraError naming ``source`` and the first floating tensor holding NaN or infinity."""
+    for key, value in tensors.items():
+        if torch.is_tensor(value) and value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise RVCLoraError(f"{source}: tensor {key} holds NaN or infinite values; {fix}")
 
 
 def normalize_weight_norm_keys(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -244,6 +228,7 @@ def load_rvc(path: str | Path, strict: bool = True) -> RVCCheckpoint:
     path = Path(path)
     obj = read_checkpoint_file(path)
     fmt, raw_state = _classify(obj, path)
+    check_finite(raw_state, path)
     dtype = _stored_dtype(raw_state)
     state = normalize_weight_norm_keys(raw_state)
     extra = {k: v for k, v in obj.items() if k not in ("weight", "model", "optimizer")}
@@ -367,6 +352,7 @@ def save_rvc(
     weight = OrderedDict(
         (k, v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu()) for k, v in state.items()
     )
+    check_finite(weight, path, _NOT_WRITTEN)
     payload: OrderedDict[str, Any] = OrderedDict()
     payload["weight"] = weight
     payload["config"] = rvc_config_list(model, sample_rate)
@@ -391,6 +377,7 @@ def save_pretrained(model: nn.Module, path: str | Path, dtype: torch.dtype = tor
         (k, v.detach().to("cpu", dtype) if v.is_floating_point() else v.detach().cpu())
         for k, v in normalize_weight_norm_keys(model.state_dict()).items()
     )
+    check_finite(state, path, _NOT_WRITTEN)
     payload: dict[str, Any] = {"model": state, **plain(metadata)}
     path = Path(path)
     with atomic_write(path) as tmp:
@@ -410,6 +397,7 @@ __all__ = [
     "RVCCheckpoint",
     "SHIPPED_CONFIGS",
     "load_rvc",
+    "check_finite",
     "normalize_weight_norm_keys",
     "parameter_counts",
     "read_checkpoint_file",

@@ -11,6 +11,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from rvc_lora.failures import EXIT_CODES, debug_requested, one_line_thread_failures, report_failure
 from rvc_lora.utils import RVCLoraError, tune_allocator
 
 
@@ -53,7 +54,7 @@ def cmd_merge(args: argparse.Namespace) -> int:
     """Merge adapters into a base and write a standard RVC model."""
     from rvc_lora.merge import merge_adapters, parse_adapter_spec
 
-    adapters = [parse_adapter_spec(spec) for spec in args.adapter]
+    adapters = [parse_adapter_spec(spec) for spec in args.adapter]  # strengths are checked by merge_adapters
     out = merge_adapters(args.base, adapters, args.out, dtype=args.dtype, force=args.force)
     size = Path(out).stat().st_size / 1e6
     print(f"wrote {out} ({size:.1f} MB): {args.base} + " + ", ".join(f"{p}:{s:g}" for p, s in adapters))
@@ -115,7 +116,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     cfg = load_config(args.overrides)
     resolve_asset_references(cfg, TRAIN_ASSETS)
-    result = run_training(cfg)
+
+    def announce(step: int, checkpoint: Path) -> None:
+        print(f"resuming from step {step} (checkpoint {checkpoint})", flush=True)
+
+    result = run_training(cfg, on_resume=announce)
     if result.interrupted:
         print(f"interrupted at step {result.steps}: checkpoint saved in {result.run_dir}; "
               "re-run the same command to resume")
@@ -159,38 +164,45 @@ def cmd_tensorboard(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    debug = argparse.ArgumentParser(add_help=False)
+    debug.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                       help="show the full traceback of an error (also: RVC_LORA_DEBUG=1)")
     parser = argparse.ArgumentParser(
         prog="rvc-lora",
         description="Train LoRA speaker adapters for RVC and merge them into standard RVC models.",
+        epilog=EXIT_CODES, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[debug],
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    p = sub.add_parser("inspect", help="describe an RVC .pth file or an adapter .safetensors file")
+    def command(name: str, **kwargs) -> argparse.ArgumentParser:  # --debug also after the command name
+        return sub.add_parser(name, parents=[debug], **kwargs)
+
+    p = command("inspect", help="describe an RVC .pth file or an adapter .safetensors file")
     p.add_argument("file")
     p.add_argument("--partial", action="store_true", help="load even if keys are missing or unexpected")
     p.set_defaults(func=cmd_inspect)
 
-    p = sub.add_parser("prepare", help="prepare a folder of recordings for training (Hydra overrides)",
+    p = command("prepare", help="prepare a folder of recordings for training (Hydra overrides)",
                        epilog="Keys: see `rvc-lora config` and conf/data, conf/pitch, conf/content.")
     p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME data.input_dir=... pitch.method=fcpe")
     p.set_defaults(func=cmd_prepare)
 
-    p = sub.add_parser("train", help="train a speaker adapter (Hydra overrides)",
+    p = command("train", help="train a speaker adapter (Hydra overrides)",
                        epilog="Keys: see `rvc-lora config` and conf/trainer, conf/lora, conf/optim, conf/model.")
     p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME trainer.max_steps=2000 lora=hq")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("config", help="print the composed configuration (Hydra overrides, recipes)")
+    p = command("config", help="print the composed configuration (Hydra overrides, recipes)")
     p.add_argument("overrides", nargs="*", help="e.g. recipe=NAME lora=hq")
     p.set_defaults(func=cmd_config)
 
-    p = sub.add_parser("tensorboard", help="show a run's TensorBoard logs")
+    p = command("tensorboard", help="show a run's TensorBoard logs")
     p.add_argument("run_dir")
     p.add_argument("--port", type=int, default=6006)
     p.add_argument("--host", default="localhost", help="interface to listen on (0.0.0.0 for all)")
     p.set_defaults(func=cmd_tensorboard)
 
-    p = sub.add_parser("assets", help="list or download HuBERT, RMVPE and pretrained bases")
+    p = command("assets", help="list or download HuBERT, RMVPE and pretrained bases")
     p.add_argument("action", choices=["list", "download"])
     p.add_argument("names", nargs="*", help="asset names, e.g. hubert rmvpe pretrained-v2-f0G40k")
     p.add_argument("--cache-dir", help="default: $RVC_LORA_HOME/assets or ~/.cache/rvc-lora/assets")
@@ -199,11 +211,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from rvc_lora.infer.command import add_convert_arguments, run_convert
 
-    p = sub.add_parser("convert", help="convert audio with an RVC model (optionally plus adapters)")
+    p = command("convert", help="convert audio with an RVC model (optionally plus adapters)")
     add_convert_arguments(p)
     p.set_defaults(func=run_convert)
 
-    p = sub.add_parser("merge", help="merge adapters into a base, writing a standard RVC model")
+    p = command("merge", help="merge adapters into a base, writing a standard RVC model")
     p.add_argument("--base", required=True, help="base RVC model (small model or pretrained G)")
     p.add_argument("--adapter", required=True, action="append", metavar="FILE[:STRENGTH]",
                    help="adapter .safetensors, optionally with a strength (default 1); repeatable")
@@ -212,7 +224,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="apply adapters made for a different base")
     p.set_defaults(func=cmd_merge)
 
-    p = sub.add_parser("extract", help="extract an adapter from a fully fine-tuned RVC model")
+    p = command("extract", help="extract an adapter from a fully fine-tuned RVC model")
     p.add_argument("--base", required=True, help="the base the model was fine-tuned from")
     p.add_argument("--tuned", required=True, help="the fine-tuned RVC model")
     group = p.add_mutually_exclusive_group(required=True)
@@ -231,17 +243,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     tune_allocator()
+    one_line_thread_failures(debug_requested(args))
     try:
         return int(args.func(args) or 0)
-    except RVCLoraError as exc:
-        print(f"rvc-lora: error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("rvc-lora: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # output piped into e.g. `head`
         sys.stderr.close()
         return 0
+    except Exception as exc:  # noqa: BLE001 - every failure ends as one line (a traceback with --debug)
+        return report_failure(exc, debug_requested(args))
 
 
 if __name__ == "__main__":

@@ -46,7 +46,9 @@ from rvc_lora.utils import RVCLoraError
 GENERATOR_TARGETS = ("ups.*", "resblocks.*")
 OPTIONAL_GENERATOR_TARGETS = ("conv_pre", "conv_post", "noise_convs.*", "cond")
 FLOW_TARGETS = ("flows.*.pre", "flows.*.post", "flows.*.enc.in_layers.*", "flows.*.enc.res_skip_layers.*")
-ENC_P_TARGETS = ("encoder.attn_layers.*", "encoder.ffn_layers.*")
+# The attention modules own their relative-position tables (emb_rel_k / emb_rel_v), so their convolutions
+# are named one by one; FFN blocks hold only their two convolutions.
+ENC_P_TARGETS = ("encoder.attn_layers.*.conv_*", "encoder.ffn_layers.*.conv_*")
 PART_PREFIXES = ("dec.", "flow.", "enc_p.")
 EMBEDDING_DIFF_KEY = "emb_g.diff"  # a trained speaker row: the full [speakers, gin] delta, zero elsewhere
 

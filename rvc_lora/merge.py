@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import fnmatch
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,6 +18,7 @@ from rvc_lora.lora import extract_lowrank, extracted_tensors, save_adapter, weig
 from rvc_lora.utils import RVCLoraError
 
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32}
+MAX_STRENGTH = 10.0  # |strength| above this needs force: weights that far from training give noise
 LAYER_KINDS = {nn.Conv1d: "conv1d", nn.ConvTranspose1d: "conv_transpose1d", nn.Linear: "linear"}  # for extraction
 
 
@@ -31,9 +33,28 @@ def parse_adapter_spec(spec: str) -> tuple[Path, float]:
     return Path(spec), 1.0
 
 
+def check_strength(strength: float, adapter: str | os.PathLike = "adapter", force: bool = False) -> float:
+    """The check every adapter strength passes (merge, convert, ``Converter``, servers): returns it as float.
+
+    A strength must be a finite number and, unless ``force``, within ``-MAX_STRENGTH..MAX_STRENGTH``.
+    Raises RVCLoraError naming the adapter.
+    """
+    try:
+        value = float(strength)
+    except (TypeError, ValueError):
+        raise RVCLoraError(f"{adapter}: strength {strength!r} is not a number") from None
+    if not math.isfinite(value):
+        raise RVCLoraError(f"{adapter}: strength {strength} is not a finite number")
+    if abs(value) > MAX_STRENGTH and not force:
+        raise RVCLoraError(f"{adapter}: strength {value:g} is outside {-MAX_STRENGTH:g}..{MAX_STRENGTH:g}, far beyond "
+                           "what an adapter was trained for (--force, or force=True, applies it anyway)")
+    return value
+
+
 def attach_adapters(synth: nn.Module, adapters: list[tuple[Path, float]], force: bool = False,
                     base_desc: str = "the base") -> SynthesizerLoRA:
-    """Load adapter files (with strengths) onto a synthesizer as live adapters."""
+    """Load adapter files (with strengths, see :func:`check_strength`) onto a synthesizer as live adapters."""
+    adapters = [(Path(path), check_strength(strength, path, force)) for path, strength in adapters]
     host = SynthesizerLoRA(synth, base_desc=base_desc)
     for i, (path, strength) in enumerate(adapters):
         host.load_adapter(path, strength=strength, adapter_name=f"adapter{i}", force=force)
@@ -47,6 +68,8 @@ def merge_adapters(base: str | os.PathLike, adapters: list[tuple[Path, float]], 
         raise RVCLoraError("give at least one --adapter to merge")
     if dtype not in DTYPES:
         raise RVCLoraError(f"--dtype must be one of {sorted(DTYPES)}, got {dtype!r}")
+    for path, strength in adapters:  # before the base is read: a typo fails at once
+        check_strength(strength, path, force)
     ckpt = load_rvc(base)
     if ckpt.kind != "generator":
         raise RVCLoraError(f"{base}: is a discriminator file; merge needs a generator (G) base")

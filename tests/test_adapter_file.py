@@ -56,19 +56,74 @@ def test_fingerprint_agrees_between_fp16_file_and_fp32_memory(tmp_path):
     assert fingerprint_tensors(renamed) != fingerprint_tensors(t)
 
 
-def test_peft_style_files(tmp_path):
+class _ConvLinear(torch.nn.Module):
+    """A small model with layer kinds RVC adapters use: Conv1d (kernel 3) and Linear. (peft's conv LoRA
+    does not carry a dilation over to lora_A, so this one has none.)"""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv1d(6, 10, 3, padding=1)
+        self.head = torch.nn.Linear(10, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x ``[B, 6, T]`` -> ``[B, T, 4]``."""
+        return self.head(torch.tanh(self.conv(x)).transpose(1, 2))
+
+
+@pytest.mark.parametrize("use_rslora", [False, True])
+def test_real_peft_adapter_loads_at_peft_scale(tmp_path, use_rslora):
+    """An adapter written by peft's own save_pretrained (alpha != r, per-module patterns, optionally rsLoRA)
+    gives peft's output when loaded through rvc-lora."""
+    import peft
+
+    from rvc_lora.lora import load_lora_state_dict
+
+    torch.manual_seed(0)
+    model = _ConvLinear()
+    base_state = {k: v.clone() for k, v in model.state_dict().items()}
+    config = peft.LoraConfig(r=4, lora_alpha=12, target_modules=["conv", "head"], use_rslora=use_rslora,
+                             rank_pattern={"head": 2}, alpha_pattern={"head": 5.0},
+                             init_lora_weights=False)  # random B: a non-identity adapter
+    peft_model = peft.get_peft_model(model, config)
+    x = torch.randn(2, 6, 20)
+    with torch.no_grad():
+        want = peft_model(x)
+    peft_model.save_pretrained(tmp_path / "peft")
+    assert (tmp_path / "peft" / "adapter_config.json").is_file()
+
+    for source in (tmp_path / "peft" / "adapter_model.safetensors", tmp_path / "peft"):
+        adapter = read_adapter(source)
+        assert adapter.modules == {"conv": "lora", "head": "lora"}
+        assert adapter.ranks() == {"conv": 4, "head": 2}
+        ours = _ConvLinear()
+        ours.load_state_dict(base_state)
+        load_lora_state_dict(ours, adapter.tensors)
+        with torch.no_grad():
+            got = ours(x)
+        plain = _ConvLinear()
+        plain.load_state_dict(base_state)
+        with torch.no_grad():
+            assert (plain(x) - want).abs().max() > 0.1  # the adapter matters
+        torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-6)  # measured: identical; slack for rounding
+
+
+def test_peft_adapter_without_its_config_is_refused(tmp_path):
     torch.manual_seed(1)
     a, b = torch.randn(2, 5), torch.randn(3, 2)
     save_file({"base_model.model.dec.head.lora_A.weight": a, "base_model.model.dec.head.lora_B.weight": b},
-              str(tmp_path / "p.safetensors"), metadata={"lora_alpha": "8"})
-    af = read_adapter(tmp_path / "p.safetensors")
-    assert af.modules == {"dec.head": "lora"}
-    assert torch.equal(af.tensors["dec.head.lora_down.weight"], a)
-    assert torch.equal(af.tensors["dec.head.lora_up.weight"], b)
-    assert float(af.tensors["dec.head.alpha"]) == 8.0
-    save_file({"m.lora_A.voice.weight": a, "m.lora_B.voice.weight": b}, str(tmp_path / "q.safetensors"))
-    af = read_adapter(tmp_path / "q.safetensors")
-    assert af.modules == {"m": "lora"} and float(af.tensors["m.alpha"]) == 2.0  # default alpha = rank
+              str(tmp_path / "adapter_model.safetensors"), metadata={"format": "pt"})
+    with pytest.raises(RVCLoraError, match=r"adapter_model.safetensors: peft adapter without its "
+                                           r"adapter_config.json.*'dec.head' cannot be known"):
+        read_adapter(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 4, "lora_alpha": 8}))
+    with pytest.raises(RVCLoraError, match="'dec.head' has rank 2 but .*adapter_config.json says r = 4"):
+        read_adapter(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LOHA", "r": 2}))
+    with pytest.raises(RVCLoraError, match="adapter_config.json: not a usable peft LoRA config.*LOHA"):
+        read_adapter(tmp_path / "adapter_model.safetensors")
+    (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 2, "lora_alpha": 6}))
+    af = read_adapter(tmp_path)
+    assert af.modules == {"dec.head": "lora"} and float(af.tensors["dec.head.alpha"]) == 6.0
 
 
 def test_diff_files(tmp_path):

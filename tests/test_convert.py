@@ -6,14 +6,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from train_helpers import make_adapter
 
 from rvc_lora.checkpoint import load_rvc
 from rvc_lora.features.content_testing import make_random_checkpoint
-from rvc_lora.generator_lora import SynthesizerLoRA
 from rvc_lora.infer import Converter, ConvertOptions, PipelineConstants
 from rvc_lora.infer.command import main as convert_main
 from rvc_lora.infer.pipeline import convert_audio, cut_points
-from rvc_lora.lora import LoRAConfig, lora_layers
 from rvc_lora.merge import attach_adapters, merge_adapters
 from rvc_lora.utils import RVCLoraError
 
@@ -39,22 +38,11 @@ def hubert(tmp_path_factory):
     return make_random_checkpoint(tmp_path_factory.mktemp("hubert") / "hubert.pt", size="tiny", embed_dim=768)
 
 
-def _make_adapter(model_path, out, seed):
-    synth = load_rvc(model_path).model
-    host = SynthesizerLoRA(synth, LoRAConfig(rank=4, alpha=4.0), base_desc=str(model_path))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(synth.dec).values():
-            up = layer.adapters["default"].lora_up
-            up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
-    return host.save_adapter(out)
-
-
 @pytest.fixture(scope="module")
 def adapters(tmp_path_factory, fixture_model_path):
     folder = tmp_path_factory.mktemp("adapters")
-    return _make_adapter(fixture_model_path, folder / "a.safetensors", 1), \
-        _make_adapter(fixture_model_path, folder / "b.safetensors", 2)
+    return make_adapter(fixture_model_path, folder / "a.safetensors", 1), \
+        make_adapter(fixture_model_path, folder / "b.safetensors", 2)
 
 
 @pytest.fixture(scope="module")

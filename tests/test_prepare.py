@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 from audio_fixtures import (
     harmonic_tone,
     silence,
@@ -183,12 +184,13 @@ def test_filelist_info_and_split(prepared):
     assert len(val) == 3
     assert set(val) == choose_validation([r.name for r in ok], 3)
     lines = (exp / "filelist.txt").read_text().splitlines()
-    assert len(lines) == len(ok) - 3
+    assert len(lines) == len(ok) - 3 + 2  # the train pieces, then RVC's silence piece twice
     for line in lines:
         parts = line.split("|")
         assert len(parts) == 5 and parts[4] == "0"
         assert all(Path(p).is_absolute() and Path(p).is_file() for p in parts[:4])
         assert Path(parts[0]).stem not in val
+    assert [Path(line.split("|")[0]).name for line in lines[-2:]] == ["mute.wav", "mute.wav"]
     info = read_info(exp)
     assert (info.name, info.version, info.sample_rate, info.f0) == ("unit", "v2", 40000, True)
     assert info.pitch_method == "dio" and info.content_model.endswith("hubert_tiny.pt")
@@ -208,6 +210,49 @@ def test_index_is_searchable(prepared):
     assert index.big_npy.shape == (total, feats.shape[1])
     dist, _ = index.search(feats[:5], k=1)
     assert np.allclose(dist[:, 0], 0.0, atol=1e-3)
+
+
+def test_silence_piece_is_rvcs_and_stays_out_of_validation_and_index(prepared, hubert):
+    """RVC's two "mute" filelist rows: 3 s of silence at the model rate, its content features (from the
+    experiment's encoder), coarse pitch 1 and f0 0 Hz, the experiment's speaker; trained on, never validated
+    on, not in the retrieval index."""
+    from rvc_lora.data.experiment import ExperimentLayout, open_experiment
+    from rvc_lora.features.content import load_content_encoder
+    from rvc_lora.models import mel_settings
+    from rvc_lora.train.dataset import PieceDataset, split_pieces
+
+    base, _, report = prepared
+    layout = ExperimentLayout(base / "exp", "v2")
+    mute = [r for r in read_manifest(layout.manifest_path) if r.status == "mute"]
+    assert [(r.name, r.split, r.speaker_id, r.duration_s) for r in mute] == [("mute", "train", 0, 3.0)]
+    audio, sr = sf.read(layout.gt_wav("mute"), dtype="float32")
+    assert sr == 40000 and audio.shape == (120000,) and not audio.any()
+    audio16, sr16 = sf.read(layout.wav16k("mute"), dtype="float32")
+    assert sr16 == 16000 and audio16.shape == (48000,) and not audio16.any()
+    assert np.array_equal(np.load(layout.f0_coarse("mute")), np.ones(300, np.int64))
+    assert np.array_equal(np.load(layout.f0_hz("mute")), np.zeros(300))
+    encoder = load_content_encoder(hubert, device="cpu", half=False)
+    with torch.no_grad():
+        expected = encoder.encode(torch.zeros(1, 48000), "v2")[0].numpy()
+    features = np.load(layout.feature("mute"))
+    assert features.shape == (149, 64)  # as RVC's mute.npy: HuBERT frames of 48000 samples
+    np.testing.assert_allclose(features, expected, rtol=1e-5, atol=1e-6)  # same computation: measured equal
+    assert read_info(layout.root).extra["silence_piece"] is True
+
+    # The retrieval index holds the real training features only (as RVC's: its mute lives outside the
+    # experiment's feature folder).
+    train_rows = [r.name for r in report.ok_rows if r.split == "train"]
+    total = sum(np.load(layout.feature(n)).shape[0] for n in train_rows)
+    assert load_index(report.index_path).big_npy.shape[0] == total
+
+    # Training uses it twice, never for validation, as a silent item with unvoiced pitch.
+    layout, info = open_experiment(base / "exp")
+    train, val = split_pieces(layout, 3)
+    assert train.count("mute") == 2 and "mute" not in val
+    item = PieceDataset(layout, ["mute"], mel_settings("v2", 40000), True, 0)[0]
+    assert item["spec"].shape[-1] == 298  # min(300 spectrogram frames, 2 x 149 feature frames)
+    assert not item["wave"].any() and (item["pitch"] == 1).all() and not item["pitchf"].any()
+    assert torch.equal(item["phone"], torch.from_numpy(np.repeat(features, 2, axis=0)[:298]))
 
 
 def _snapshot(exp: Path) -> dict[str, int]:

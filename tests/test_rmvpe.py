@@ -46,19 +46,11 @@ KNOWN_SHAPES = {
 
 
 @pytest.fixture(scope="module")
-def full_checkpoint(tmp_path_factory):
-    """A randomly initialised full-size RMVPE saved like rmvpe.pt (plain fp16 state dict)."""
-    torch.manual_seed(0)
-    net = RMVPENet()
-    with torch.no_grad():  # make BN statistics non-trivial so loading them is observable
-        for m in net.modules():
-            if isinstance(m, torch.nn.BatchNorm2d):
-                m.running_mean.uniform_(-0.1, 0.1)
-                m.running_var.uniform_(0.5, 1.5)
-    state = {k: (v.half() if v.is_floating_point() else v) for k, v in net.state_dict().items()}
-    path = tmp_path_factory.mktemp("rmvpe") / "rmvpe.pt"
-    torch.save(state, path)
-    return path, state
+def full_checkpoint(formula_rmvpe):
+    """The full-size RMVPE of the rvc_convert reference (formula weights; non-trivial BN statistics),
+    saved like rmvpe.pt (plain fp16 state dict): (path, state)."""
+    path = formula_rmvpe.paths["rmvpe"]
+    return path, torch.load(path, map_location="cpu", weights_only=True)
 
 
 def test_full_layout_matches_rvc():
@@ -112,16 +104,24 @@ def test_wrong_checkpoints_raise_clear_errors(tmp_path, full_checkpoint):
 
 
 def test_log_mel_front_end_matches_librosa():
+    """Compared where the values are well conditioned: near the 1e-5 floor a float32 rounding of the
+    magnitude is a large step in log (2.1e-3 measured at a bin of 1.8e-5), so the check is on linear
+    magnitudes (all bins) and on the log only for bins within 60 dB of the peak."""
     import librosa
 
     audio = harmonic_tone(180.0, 0.25, 16000)
-    mel = LogMel()(torch.from_numpy(audio)[None])[0].numpy()
+    mel = LogMel()(torch.from_numpy(audio)[None])[0].numpy().astype(np.float64)
     ref = librosa.feature.melspectrogram(
         y=audio, sr=16000, n_fft=1024, hop_length=160, win_length=1024, center=True, pad_mode="reflect",
         power=1.0, n_mels=128, fmin=30, fmax=8000, htk=True,
-    )
+    ).astype(np.float64)
     assert mel.shape == (128, audio.shape[0] // 160 + 1)
-    np.testing.assert_allclose(mel, np.log(np.maximum(ref, 1e-5)), atol=2e-3)
+    peak = ref.max()
+    # linear magnitudes: measured max |diff| 1.6e-7 x peak (AMD EPYC, torch 2.14.1, librosa 0.11)
+    np.testing.assert_allclose(np.exp(mel), np.maximum(ref, 1e-5), rtol=0, atol=1e-6 * peak)
+    loud = ref > 1e-3 * peak  # 42 % of the bins here
+    # natural log of loud bins: measured max |diff| 1.1e-5
+    np.testing.assert_allclose(mel[loud], np.log(ref[loud]), rtol=0, atol=1e-4)
 
 
 def test_salience_decoding():

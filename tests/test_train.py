@@ -19,14 +19,7 @@ from rvc_lora.utils import RVCLoraError
 sys.path.insert(0, str(Path(__file__).parent))
 from train_helpers import make_setup, tiny_config  # noqa: E402
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Two threads on a shared 2-core machine are many times slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
@@ -113,17 +106,17 @@ def test_two_gloo_processes_end_with_identical_adapters(setup_dir, tmp_path):
 
 
 def test_nan_step_is_skipped_and_counted(setup_dir, tmp_path, monkeypatch):
-    import rvc_lora.train.loop as loop
+    import rvc_lora.train.step as step
 
     calls = {"n": 0}
-    real = loop.mel_l1
+    real = step.mel_l1
 
     def flaky(a, b):
         calls["n"] += 1
         out = real(a, b)
         return out * float("nan") if calls["n"] == 2 else out
 
-    monkeypatch.setattr(loop, "mel_l1", flaky)
+    monkeypatch.setattr(step, "mel_l1", flaky)
     result = run_training(_cfg(setup_dir, tmp_path / "run"))
     assert result.skipped_steps == 1 and result.steps == 4
     skipped = [e.value for e in _events(tmp_path / "run").Scalars("nan/skipped_steps")]
@@ -131,9 +124,9 @@ def test_nan_step_is_skipped_and_counted(setup_dir, tmp_path, monkeypatch):
 
 
 def test_nan_patience_stops_with_advice(setup_dir, tmp_path, monkeypatch):
-    import rvc_lora.train.loop as loop
+    import rvc_lora.train.step as step
 
-    monkeypatch.setattr(loop, "mel_l1", lambda a, b: torch.tensor(float("nan")))
+    monkeypatch.setattr(step, "mel_l1", lambda a, b: torch.tensor(float("nan")))
     with pytest.raises(NonFiniteLossError, match="lower learning rate.*fp32.*data"):
         run_training(_cfg(setup_dir, tmp_path / "run", **{"trainer.nan_patience": 2}))
 

@@ -3,7 +3,7 @@
 Layout (RVC-compatible names, so RVC's own tools can use the folder too)::
 
     <experiment_dir>/
-      0_gt_wavs/<i>_<j>.wav          float32 WAV at the model rate
+      0_gt_wavs/<i>_<j>.wav          float32 WAV at the model rate (and mute.wav: RVC's silence piece)
       1_16k_wavs/<i>_<j>.wav         float32 WAV at 16 kHz
       2a_f0/<i>_<j>.wav.npy          coarse pitch, int64 1..255, 100 frames/s
       2b-f0nsf/<i>_<j>.wav.npy       f0 in Hz, float64, 100 frames/s
@@ -25,6 +25,14 @@ from rvc_lora.utils import RVCLoraError, atomic_write
 
 FEATURE_DIMS = {"v1": 256, "v2": 768}
 
+# RVC's silence piece (its ``logs/mute``): 3 s of digital silence with its content features, coarse pitch 1
+# and f0 0 Hz, listed twice in the filelist so the model learns to keep silence silent. rvc-lora keeps it in
+# the experiment as the piece ``mute``, marked in the manifest by its status.
+MUTE_NAME = "mute"
+MUTE_STATUS = "mute"
+MUTE_SECONDS = 3.0
+MUTE_COPIES = 2
+
 
 @dataclass
 class ExperimentInfo:
@@ -43,7 +51,8 @@ class ExperimentInfo:
 
 @dataclass
 class ManifestRow:
-    """One piece of training audio (status ``ok``) or one rejected input (status ``skipped``/``error``).
+    """One piece of training audio (status ``ok``), one rejected input (status ``skipped``/``error``), or
+    RVC's silence piece (status ``mute``, name ``mute``; see ``MUTE_NAME``).
 
     ``start_s`` / ``end_s`` are offsets in the source file; ``split`` is ``train`` or ``val``.
     """

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
                                        f"base.g={base_g}", f"base.d={base_d}", f"run_dir={run_dir}",
                                        f"trainer.max_steps={args.adapter_steps}", "optim.lr=1e-3"]))
     print(f"   adapter: {result.adapter_path} ({result.adapter_path.stat().st_size / 1e3:.0f} kB); "
-          f"best validation mel L1 {result.best_val_loss:.3f} at step {result.best_step}")
+          f"best validation {result.best_metric} {result.best_value:.3f} at step {result.best_step}")
     _done(t)
 
     t = _stage("5/5 converting a corpus clip to the target voice with the merged model")

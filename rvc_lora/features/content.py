@@ -8,7 +8,9 @@ the checkpoint says so (fairseq ``task.normalize`` / Transformers ``do_normalize
 
 The network is torchaudio's ``Wav2Vec2Model``; fairseq and Hugging Face checkpoints are renamed onto it
 (see :mod:`rvc_lora.features.content_layouts`) and loaded without executing pickled code
-(:mod:`rvc_lora.features.content_safe_load`).
+(:mod:`rvc_lora.features.content_safe_load`). :func:`load_content_model` is what ``prepare`` and
+``convert`` call: it also accepts any TorchScript content encoder
+(:mod:`rvc_lora.features.content_torchscript`), chosen by ``kind`` or detected.
 """
 
 from __future__ import annotations
@@ -33,11 +35,18 @@ from rvc_lora.features.content_layouts import (
     to_torchaudio_keys,
 )
 from rvc_lora.features.content_safe_load import safe_torch_load
+from rvc_lora.features.content_torchscript import (
+    TorchScriptContentEncoder,
+    is_torchscript_archive,
+    load_torchscript_encoder,
+)
 from rvc_lora.utils import RVCLoraError, resolve_device
 
 OUTPUT_LAYER = {"v1": 9, "v2": 12}
 SAMPLE_RATE = 16000
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+# content.kind: hubert (fairseq / Hugging Face HuBERT or ContentVec), torchscript, or auto (detected).
+CONTENT_KINDS = ("auto", "hubert", "torchscript")
 
 
 class ContentModelMissing(RVCLoraError):
@@ -228,9 +237,32 @@ def load_content_encoder(
     encoder = ContentEncoder(spec, source=str(path))
     encoder.load_torchaudio_state(state, str(path))
     dev = resolve_device(device)
-    if half is None or half == "auto":
-        half = dev.type == "cuda"
-    elif not isinstance(half, bool):
-        raise RVCLoraError(f"content half must be true, false or 'auto', got {half!r}")
-    encoder.to(device=dev, dtype=torch.float16 if half else torch.float32)
+    encoder.to(device=dev, dtype=torch.float16 if _use_half(half, dev) else torch.float32)
     return encoder.eval()
+
+
+def _use_half(half: bool | str | None, device: torch.device) -> bool:
+    if half is None or half == "auto":
+        return device.type == "cuda"
+    if not isinstance(half, bool):
+        raise RVCLoraError(f"content half must be true, false or 'auto', got {half!r}")
+    return half
+
+
+def load_content_model(
+    path: str | os.PathLike | None, kind: str = "auto", device: str = "auto", half: bool | str | None = None
+) -> ContentEncoder | TorchScriptContentEncoder:
+    """The content model at ``path``, by ``kind``: ``hubert`` (:func:`load_content_encoder`), ``torchscript``
+    (:func:`~rvc_lora.features.content_torchscript.load_torchscript_encoder`) or ``auto`` (a TorchScript
+    archive is detected by its ``code/`` folder; anything else is read as HuBERT).
+
+    Both results offer ``encode(audio [B, N], version) -> [B, frames, dim]``, ``num_frames`` and
+    ``feature_dim(version)``. Raises ContentModelMissing / RVCLoraError as the loaders do.
+    """
+    if kind not in CONTENT_KINDS:
+        raise RVCLoraError(f"content.kind {kind!r} is unknown; choose one of {', '.join(CONTENT_KINDS)}")
+    exists = path is not None and str(path) != "" and Path(path).expanduser().exists()
+    if exists and (kind == "torchscript" or (kind == "auto" and is_torchscript_archive(Path(path).expanduser()))):
+        dev = resolve_device(device)
+        return load_torchscript_encoder(Path(path).expanduser(), dev, _use_half(half, dev))
+    return load_content_encoder(path, device=device, half=half)

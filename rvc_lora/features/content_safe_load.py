@@ -15,27 +15,18 @@ are let through as follows, and nothing else is:
   fairseq itself is never imported, and no fairseq callable is ever invoked.
 
 Anything else (``os.system``, ``builtins.eval``, a user class with a ``__reduce__``, ...) makes the
-load fail with :class:`~rvc_lora.utils.RVCLoraError`, before that callable is executed.
+load fail with :class:`~rvc_lora.safe_load.UnsafeFileError`, before that callable is executed.
 """
 
 from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import os
-import pickle
-import re
 import typing
-from pathlib import Path
 from typing import Any
 
-import torch
-
-from rvc_lora.utils import RVCLoraError
-
-_UNSUPPORTED_GLOBAL = re.compile(r"Unsupported global: GLOBAL ([\w.]+) was not an allowed global")
-_MAX_RETRIES = 64
+from rvc_lora.safe_load import load_torch_file
 
 
 class InertPickledObject:
@@ -105,20 +96,9 @@ def _harmless_globals() -> dict[str, Any]:
     return allowed
 
 
-def _normalise_name(name: str) -> str:
-    # torch prints builtins without their module ("dict" for builtins.dict)
-    return name if "." in name else f"builtins.{name}"
-
-
-def _decide(name: str, path: Path, allowed: dict[str, Any]) -> tuple[Any, str]:
-    if name in allowed:
-        return (allowed[name], name)
-    if name.startswith("fairseq."):
-        return (_inert_class(name), name)
-    raise RVCLoraError(
-        f"{path}: this checkpoint needs arbitrary code to load (it references {name!r}, which is not a "
-        "plain data type); it was NOT executed. Use a trusted file, or convert it to a plain state dict."
-    )
+def _inert_fairseq(name: str) -> type | None:
+    """An inert stand-in for a ``fairseq.`` global (never imported or called); None for anything else."""
+    return _inert_class(name) if name.startswith("fairseq.") else None
 
 
 def safe_torch_load(path: str | os.PathLike) -> Any:
@@ -127,29 +107,4 @@ def safe_torch_load(path: str | os.PathLike) -> Any:
     Raises RVCLoraError (naming the file) if the pickle references any other global, or is not a torch
     file at all.
     """
-    path = Path(path)
-    allowed = _harmless_globals()
-    extra: dict[str, tuple[Any, str]] = {}
-    with contextlib.suppress(Exception):  # zip files: list the globals up front (one pass, no execution)
-        for name in torch.serialization.get_unsafe_globals_in_checkpoint(str(path)):
-            name = _normalise_name(name)
-            extra[name] = _decide(name, path, allowed)
-    for _ in range(_MAX_RETRIES):
-        try:
-            with torch.serialization.safe_globals(list(extra.values())):
-                return torch.load(str(path), map_location="cpu", weights_only=True)
-        except pickle.UnpicklingError as err:
-            match = _UNSUPPORTED_GLOBAL.search(str(err))
-            if match is None or _normalise_name(match.group(1)) in extra:
-                lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
-                why = [ln for ln in lines if "WeightsUnpickler error" in ln or "Unsupported" in ln]
-                first = (why or lines or [type(err).__name__])[0]
-                raise RVCLoraError(
-                    f"{path}: refused to unpickle ({first}); the file needs arbitrary code to load and it "
-                    "was NOT executed."
-                ) from None
-            name = _normalise_name(match.group(1))
-            extra[name] = _decide(name, path, allowed)
-        except (RuntimeError, OSError, EOFError, ValueError) as err:
-            raise RVCLoraError(f"{path}: not a readable torch checkpoint ({err})") from err
-    raise RVCLoraError(f"{path}: too many non-standard globals in the checkpoint; refusing to load it")
+    return load_torch_file(path, allowed=_harmless_globals(), decide=_inert_fairseq)

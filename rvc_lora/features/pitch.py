@@ -53,6 +53,11 @@ class PitchExtractor(abc.ABC):
         f0[f0 < 0] = 0.0
         return fit_length(f0, int(p_len))
 
+    def load(self) -> None:
+        """Read the method's weights now, so a bad weights file fails before any audio is processed
+        (methods with weights otherwise load them on first use; the others have nothing to load)."""
+        return None
+
     @abc.abstractmethod
     def _extract(self, audio16k: np.ndarray, p_len: int) -> np.ndarray:
         """Raw f0 [~N // 160 + 1] for finite mono float32 audio [N]; ``__call__`` fits it to ``p_len``."""

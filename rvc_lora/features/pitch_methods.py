@@ -39,11 +39,14 @@ class RMVPEPitch(PitchExtractor):
         self.half = half
         self._model = None
 
-    def _extract(self, audio16k: np.ndarray, p_len: int) -> np.ndarray:
+    def load(self) -> None:
         if self._model is None:
             from rvc_lora.features.rmvpe import load_rmvpe
 
             self._model = load_rmvpe(self.path, device=_device(self.device), half=self.half)
+
+    def _extract(self, audio16k: np.ndarray, p_len: int) -> np.ndarray:
+        self.load()
         return self._model(audio16k, threshold=self.threshold)
 
 

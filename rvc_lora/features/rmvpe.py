@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from rvc_lora.safe_load import load_torch_file
 from rvc_lora.utils import RVCLoraError
 
 SAMPLE_RATE = 16000
@@ -284,7 +285,13 @@ class RMVPE:
 
     @torch.no_grad()
     def salience(self, audio16k: np.ndarray) -> np.ndarray:
-        """Salience [N // 160 + 1, 360] (float32) for mono 16 kHz audio [N]."""
+        """Salience [N // 160 + 1, 360] (float32) for mono 16 kHz audio [N].
+
+        The network needs a multiple of 32 frames: as RVC does (since its PR #1168), the log-mel is
+        padded on the right with zeros and the padded frames are dropped from the output. A zero
+        log-mel is a loud frame (silence is log 1e-5 = -11.5), so the last frames' salience depends on
+        this choice; RVC's is followed so that f0 matches its output to the end of the input.
+        """
         audio = torch.as_tensor(np.asarray(audio16k, dtype=np.float32), device=self.device)[None]
         if audio.shape[-1] <= N_FFT // 2:
             # reflect padding needs more than n_fft/2 samples; zero-extend very short inputs
@@ -294,8 +301,7 @@ class RMVPE:
         mel = mel[..., :n_frames]
         pad = FRAME_MULTIPLE * ((n_frames - 1) // FRAME_MULTIPLE + 1) - n_frames
         if pad:
-            mode = "reflect" if pad < n_frames else "replicate"
-            mel = torch.nn.functional.pad(mel, (0, pad), mode=mode)
+            mel = torch.nn.functional.pad(mel, (0, pad), mode="constant", value=0.0)
         if self.half:
             mel = mel.half()
         hidden = self.net(mel)[:, :n_frames]
@@ -314,10 +320,7 @@ def load_rmvpe(path: str | os.PathLike, device: torch.device | str = "cpu", half
     p = Path(path)
     if not p.is_file():
         raise RVCLoraError(f"{p}: RMVPE weights not found (RVC's assets/rmvpe/rmvpe.pt)")
-    try:
-        state = torch.load(str(p), map_location="cpu", weights_only=True)
-    except Exception as exc:  # pickle/zip errors come in many types
-        raise RVCLoraError(f"{p}: not a loadable torch checkpoint ({exc})") from exc
+    state = load_torch_file(p)
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from rvc_lora.utils import RVCLoraError
+from rvc_lora.utils import RVCLoraError, StorageError, check_writable_folder
 
 OUTPUT_SUFFIXES = ("wav", "flac")
 _EXTRA_AUDIO_SUFFIXES = {"wav", "flac", "ogg", "oga", "opus", "mp3", "aif", "aiff", "aifc", "au", "snd", "caf",
@@ -34,8 +34,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="output file (one input) or folder (several inputs or a folder input)")
     parser.add_argument("--format", choices=OUTPUT_SUFFIXES, help="output format (default: --out suffix, else wav)")
     parser.add_argument("--sample-rate", type=int, help="output sample rate in Hz (default: the model's)")
-    parser.add_argument("--hubert", help="content model: RVC's hubert_base.pt or a HF HuBERT folder "
-                                         "(default: the file from `rvc-lora assets download hubert`)")
+    parser.add_argument("--hubert", "--content-model", dest="hubert", metavar="PATH",
+                        help="content model: RVC's hubert_base.pt, a HF HuBERT folder or a TorchScript content "
+                             "encoder (16 kHz [1, N] -> [frames, dim] at 50 Hz; detected) "
+                             "(default: the file from `rvc-lora assets download hubert`)")
     parser.add_argument("--pitch", "--key", dest="pitch", type=float, default=0.0, metavar="SEMITONES",
                         help="transpose by this many semitones (e.g. 12 = one octave up)")
     parser.add_argument("--f0-method", help="pitch method: rmvpe, fcpe, crepe, crepe-tiny, harvest, dio, pm, pyin "
@@ -136,6 +138,17 @@ def plan_jobs(inputs: list[str], out: str, fmt: str | None) -> tuple[list[Job], 
     return jobs, missing, fmt
 
 
+def _file_failure(source: Path, exc: Exception) -> str:
+    """One line for a failed input: RVCLoraError messages as they are, others named and described."""
+    if isinstance(exc, OSError):
+        exc = StorageError.from_os_error(exc, writing=False)
+    if isinstance(exc, RVCLoraError):
+        text = str(exc)
+        return text if text.startswith(str(source)) else f"{source}: {text}"
+    lines = str(exc).strip().splitlines()
+    return f"{source}: {type(exc).__name__}: {lines[0] if lines else 'no message'}"
+
+
 def run_convert(args: argparse.Namespace) -> int:
     """Run ``rvc-lora convert``; returns 0 if every input converted, 1 if any failed.
 
@@ -161,7 +174,8 @@ def run_convert(args: argparse.Namespace) -> int:
     options.validate()
     half = None if args.precision == "auto" else args.precision == "fp16"
     converter = None
-    if jobs:
+    if jobs:  # a folder that cannot take the outputs fails now, not after the models are loaded
+        check_writable_folder(jobs[0].target.parent)
         converter = Converter(
             args.model, _hubert_path(args.hubert), [parse_adapter_spec(a) for a in args.adapter],
             index=args.index, device=args.device, half=half, f0_method=args.f0_method, rmvpe=args.rmvpe,
@@ -172,14 +186,19 @@ def run_convert(args: argparse.Namespace) -> int:
                                f"speaker(s) (valid ids 0..{converter.n_speakers - 1})")
     done = 0
     bar = tqdm(jobs, unit="file", desc="convert", disable=None, file=sys.stderr)
-    for job in bar:
+    for position, job in enumerate(bar):
         try:
             converter.convert_file(job.source, job.target, options, fmt=fmt)
             done += 1
-        except (RVCLoraError, RuntimeError, ValueError, MemoryError) as exc:
-            message = str(exc) if isinstance(exc, RVCLoraError) else f"{job.source}: {type(exc).__name__}: {exc}"
+        except (RVCLoraError, OSError, RuntimeError, ValueError, MemoryError) as exc:
+            message = _file_failure(job.source, exc)
             failures.append((job.source, message.removeprefix(f"{job.source}: ")))
             bar.write(f"rvc-lora: failed: {message}", file=sys.stderr)
+            if isinstance(exc, StorageError):  # writing the output failed (full, refused): so would the rest
+                rest = len(jobs) - position - 1
+                if rest:
+                    failures.append((Path(args.out), f"{rest} more input(s) not converted: stopped after this error"))
+                break
     bar.close()
     target = jobs[0].target if len(jobs) == 1 else Path(args.out)
     print(f"converted {done} file(s) -> {target}")
@@ -198,9 +217,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return run_convert(args)
-    except RVCLoraError as exc:
-        print(f"rvc-lora: error: {exc}", file=sys.stderr)
-        return 2
+    except Exception as exc:  # noqa: BLE001 - the same one-line report as ``rvc-lora convert``
+        from rvc_lora.failures import debug_requested, report_failure
+
+        return report_failure(exc, debug_requested())
 
 
 if __name__ == "__main__":

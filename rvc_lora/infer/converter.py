@@ -28,10 +28,10 @@ from rvc_lora.infer.pipeline import (
     default_constants,
 )
 from rvc_lora.lora import fold_all_weight_norm
+from rvc_lora.models.synthesizer import CONTENT_DIMS
 from rvc_lora.utils import RVCLoraError, resolve_device
 
 AdapterSpec = str | os.PathLike | tuple[str | os.PathLike, float]
-CONTENT_DIMS = {"v1": 256, "v2": 768}
 OUTPUT_FORMATS = {"wav": ("WAV", "FLOAT"), "flac": ("FLAC", "PCM_24")}
 
 
@@ -49,16 +49,13 @@ class _Host(SynthesizerLoRA):
         return self._fingerprints[key]
 
 
-def _adapter_list(adapters: Iterable[AdapterSpec] | None) -> list[tuple[Path, float]]:
-    from rvc_lora.merge import parse_adapter_spec
+def _adapter_list(adapters: Iterable[AdapterSpec] | None, force: bool) -> list[tuple[Path, float]]:
+    from rvc_lora.merge import check_strength, parse_adapter_spec
 
     out = []
     for item in adapters or ():
-        if isinstance(item, tuple):
-            path, strength = item
-            out.append((Path(path), float(strength)))
-        else:
-            out.append(parse_adapter_spec(str(item)))
+        path, strength = item if isinstance(item, tuple) else parse_adapter_spec(str(item))
+        out.append((Path(path), check_strength(strength, path, force)))
     return out
 
 
@@ -67,7 +64,8 @@ class Converter:
 
     Args:
         model: RVC model file (small model, pretrained G or training G checkpoint).
-        hubert: content encoder checkpoint (RVC's ``hubert_base.pt`` or a HF HuBERT folder).
+        hubert: content model: RVC's ``hubert_base.pt``, a HF HuBERT folder, or a TorchScript content
+            encoder (see :mod:`rvc_lora.features.content_torchscript`).
         adapters: adapter files, as paths, ``"file.safetensors:0.7"`` strings or ``(path, strength)``.
         index: faiss index file for retrieval (or None).
         device: "auto" (CUDA, MPS, CPU), or any torch device string.
@@ -76,6 +74,7 @@ class Converter:
         rmvpe: RVC's ``rmvpe.pt`` (for f0_method "rmvpe").
         force: apply adapters whose base fingerprint does not match this model.
         constants: window constants (default: RVC's fp16 or fp32 set, by ``half``).
+        content_kind: ``auto`` (detect), ``hubert`` or ``torchscript`` (as ``content.kind``).
 
     Attributes: ``sample_rate`` (model rate), ``version``, ``f0``, ``n_speakers``, ``device``, ``dtype``,
     ``adapters`` (list of (path, strength)), ``times`` (:class:`StageTimes`, accumulated).
@@ -85,8 +84,8 @@ class Converter:
                  adapters: Iterable[AdapterSpec] | None = None, *, index: str | os.PathLike | None = None,
                  device: str = "auto", half: bool | None = None, f0_method: str | None = None,
                  rmvpe: str | os.PathLike | None = None, force: bool = False,
-                 constants: PipelineConstants | None = None) -> None:
-        from rvc_lora.features.content import load_content_encoder
+                 constants: PipelineConstants | None = None, content_kind: str = "auto") -> None:
+        from rvc_lora.features.content import load_content_model
 
         self.device = resolve_device(device)
         self.half = (self.device.type == "cuda") if half is None else bool(half)
@@ -108,7 +107,7 @@ class Converter:
         for p in synth.parameters():
             p.requires_grad_(False)
         self.synth = synth.to(self.device, self.dtype)
-        self.content = load_content_encoder(hubert, device=str(self.device), half=self.half)
+        self.content = load_content_model(hubert, kind=content_kind, device=str(self.device), half=self.half)
         dim = self.content.feature_dim(self.version)
         if dim != CONTENT_DIMS[self.version]:
             raise RVCLoraError(
@@ -127,6 +126,7 @@ class Converter:
                                                   **opts)
             except ValueError as exc:
                 raise RVCLoraError(str(exc)) from None
+            self._pitch.load()  # a bad weights file fails here, not once per input
         self.index = None
         if index is not None:
             self.load_index(index)
@@ -146,18 +146,25 @@ class Converter:
         plus each adapter's delta times its strength (adapter files are read once and cached). An
         empty list returns to the plain base. On an error (bad file, wrong base) nothing changes.
         """
-        specs = _adapter_list(adapters)
+        specs = _adapter_list(adapters, force)
         files = [self._files.read(path) for path, _ in specs]
         self._names = self._host.replace_adapters(
             [(file, strength) for file, (_, strength) in zip(files, specs, strict=True)], force=force)
         self.adapters = specs
 
-    def set_strength(self, position: int, strength: float) -> None:
-        """Change the strength of the ``position``-th active adapter (re-merged in place)."""
+    def set_strength(self, position: int, strength: float, force: bool = False) -> None:
+        """Change the strength of the ``position``-th active adapter (re-merged in place).
+
+        The strength must be finite and within the documented range unless ``force`` (see
+        :func:`rvc_lora.merge.check_strength`).
+        """
+        from rvc_lora.merge import check_strength
+
         if not 0 <= position < len(self.adapters):
             raise RVCLoraError(f"no active adapter at position {position} ({len(self.adapters)} active)")
-        self._host.set_strength(self._names[position], float(strength))
-        self.adapters[position] = (self.adapters[position][0], float(strength))
+        strength = check_strength(strength, self.adapters[position][0], force)
+        self._host.set_strength(self._names[position], strength)
+        self.adapters[position] = (self.adapters[position][0], strength)
 
     # -- index -----------------------------------------------------------------------------------
     def load_index(self, path: str | os.PathLike | None) -> None:
@@ -186,6 +193,7 @@ class Converter:
         """Convert mono audio [N] at ``sr`` Hz -> (audio [M] float32, output rate).
 
         ``options`` (or keyword overrides such as ``pitch=12``, ``seed=0``) as in :class:`ConvertOptions`.
+        Raises RVCLoraError if the result holds NaN or infinite samples (they are never returned).
         """
         from rvc_lora.audio.resample import resample
 
@@ -199,7 +207,12 @@ class Converter:
             raise RVCLoraError(f"expected mono audio [samples] or [samples, channels], got shape {audio.shape}")
         audio16k = resample(audio, int(sr), SAMPLE_RATE)
         with torch.inference_mode():
-            return convert_audio(self._models(), audio16k, opts, self.times)
+            out, out_sr = convert_audio(self._models(), audio16k, opts, self.times)
+        n_bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+        if n_bad:
+            raise RVCLoraError(f"the conversion produced {n_bad} NaN or infinite samples, so nothing was written "
+                               f"(is {self.model_path.name} or an adapter damaged? see `rvc-lora inspect`)")
+        return out, out_sr
 
     def convert_file(self, source: str | os.PathLike, target: str | os.PathLike,
                      options: ConvertOptions | None = None, fmt: str | None = None, **overrides) -> Path:

@@ -6,9 +6,11 @@ semitones, optional f0 curve), then per window: content features, retrieval blen
 upsampling to 100 fps, ``p_len`` alignment, synthesis, dropping ``t_pad_tgt`` samples at both ends.
 Finally the windows are concatenated, RMS-mixed with the input, resampled and peak-limited.
 
-One deliberate difference: the end of the input is reflect-padded by 3 extra frames so that the last
-window covers the whole input, and the result is cut to exactly ``len(input) * sr / 16000`` samples
-(RVC's own output is 1-2 frames short).
+Every step up to and including the RMS mix follows RVC exactly (proven against reference data computed
+by RVC, ``tests/test_rvc_convert_parity.py``). RVC's concatenated output is 1-2 frames shorter than the
+input (each window's synthesizer gets ``min(window // 160, 2 x content frames)`` frames); the mix runs on
+that array, as in RVC, and only then is the result zero-padded (or trimmed) to exactly
+``len(input) * sr / 16000`` samples, so the output lasts as long as the input.
 """
 
 from __future__ import annotations
@@ -33,7 +35,6 @@ INPUT_PEAK = 0.95
 OUTPUT_PEAK = 0.99
 HIGHPASS_HZ = 48.0
 HIGHPASS_ORDER = 5
-TAIL_FRAMES = 3  # extra reflect padding at the end so the last window covers every input sample
 SILENCE_PEAK = 1e-4  # about -80 dBFS: treated as an all-silent input
 MIN_SECONDS = 0.05
 
@@ -181,20 +182,22 @@ def _butter() -> tuple[np.ndarray, np.ndarray]:
 def cut_points(audio: np.ndarray, constants: PipelineConstants) -> list[int]:
     """Where RVC cuts a long input: sample indices into ``audio`` [N] (empty if it needs no cutting).
 
-    The signal is reflect-padded by half a frame on each side and summed over 160-sample windows
-    (signed sum, as RVC does); for t = t_center, 2 t_center, ... < N the cut is the first position of
-    the smallest ``|sum|`` in ``[t - t_query, t + t_query)``.
+    Inputs are cut only when ``N + 160 > t_max``. The signal is reflect-padded by half a frame on each
+    side and its absolute values are summed over 160-sample windows (the sum of ``|x|``, not the
+    absolute value of the sum); for t = t_center, 2 t_center, ... < N the cut is the first position of
+    the smallest sum in ``[t - t_query, t + t_query)``.
     """
     audio = np.asarray(audio, dtype=np.float64)
     half = WINDOW // 2
     if audio.shape[0] + 2 * half <= constants.t_max:
         return []
-    padded = np.pad(audio, (half, half), mode="reflect")
+    padded = np.abs(np.pad(audio, (half, half), mode="reflect"))
     n = audio.shape[0]
     moving = np.zeros(n, dtype=np.float64)
     for i in range(WINDOW):  # same summation order as RVC, so ties resolve identically
         moving += padded[i:i + n]
-    moving = np.abs(moving)
+    # As RVC: the sum at index k covers samples k - 80 .. k + 79 of the input, and the cut is placed at k
+    # itself, so a cut sits in the middle of the quietest 10 ms (later floored to a 160-sample frame).
     points = []
     for t in range(constants.t_center, n, constants.t_center):
         lo = max(0, t - constants.t_query)
@@ -250,12 +253,17 @@ def change_rms(source16k: np.ndarray, output: np.ndarray, output_sr: int, rate: 
     """RVC's loudness mix: ``output * rms_in^(1-rate) * max(rms_out, 1e-6)^(rate-1)``.
 
     RMS envelopes use half-second frames and hops at each signal's rate (librosa ``feature.rms``),
-    linearly interpolated to the output length. [N16] and [M] -> [M] float32.
+    linearly interpolated to the output length. [N16] and [M] -> [M] float32. As in RVC the input
+    envelope is computed in float64 (the high-passed input's precision) and the output's in float32.
+
+    RVC stretches each envelope's frames evenly over the whole output (``F.interpolate``, align_corners
+    false) instead of placing them at their times, so the result depends on the exact output length and
+    on how many half-second frames each envelope has; followed as is, on RVC's own output length.
     """
     import librosa
     import torch.nn.functional as F
 
-    rms_in = librosa.feature.rms(y=np.asarray(source16k, dtype=np.float32),
+    rms_in = librosa.feature.rms(y=np.asarray(source16k, dtype=np.float64),
                                  frame_length=SAMPLE_RATE // 2 * 2, hop_length=SAMPLE_RATE // 2)
     rms_out = librosa.feature.rms(y=np.asarray(output, dtype=np.float32),
                                   frame_length=output_sr // 2 * 2, hop_length=output_sr // 2)
@@ -344,7 +352,7 @@ def convert_audio(models: PipelineModels, audio16k: np.ndarray, options: Convert
     t_pad = constants.t_pad
     t_pad_tgt = constants.pad_frames * hop
     points = cut_points(audio, constants)
-    audio_pad = np.pad(audio, (t_pad, t_pad + TAIL_FRAMES * WINDOW), mode="reflect")
+    audio_pad = np.pad(audio, (t_pad, t_pad), mode="reflect")
     p_len = audio_pad.shape[0] // WINDOW
     start = clock("other", start)
 
@@ -369,6 +377,10 @@ def convert_audio(models: PipelineModels, audio16k: np.ndarray, options: Convert
     bounds = []
     for t in points:
         t = t // WINDOW * WINDOW
+        # As RVC: a cut t (an index into the unpadded input) ends the window audio_pad[s : t + 2 t_pad + 160],
+        # i.e. input samples s - t_pad .. t + t_pad + 159, while its f0 stops one frame earlier, at
+        # (t + 2 t_pad) // 160; the synthesizer length min(window // 160, 2 x content frames) never
+        # reaches that last frame, so the shorter f0 slice is what RVC feeds and what is fed here.
         bounds.append((s, t + 2 * t_pad + WINDOW, s // WINDOW, (t + 2 * t_pad) // WINDOW))
         s = t
     bounds.append((s, audio_pad.shape[0], s // WINDOW, None))
@@ -380,13 +392,14 @@ def convert_audio(models: PipelineModels, audio16k: np.ndarray, options: Convert
     start = time.perf_counter()
 
     result = np.concatenate(pieces)
+    if options.rms_mix != 1.0:
+        # over RVC's own output length: both envelopes are stretched to it, so the length matters
+        result = change_rms(audio, result, tgt_sr, options.rms_mix)
     n_out = int(round(n_in * tgt_sr / SAMPLE_RATE))
     if result.shape[0] >= n_out:
         result = result[:n_out]
-    else:
+    else:  # RVC's output ends 1-2 frames early; pad with silence so the output lasts as long as the input
         result = np.pad(result, (0, n_out - result.shape[0]))
-    if options.rms_mix != 1.0:
-        result = change_rms(audio, result, tgt_sr, options.rms_mix)
     out_sr = tgt_sr
     if options.sample_rate is not None and int(options.sample_rate) != tgt_sr:
         from rvc_lora.audio.resample import resample

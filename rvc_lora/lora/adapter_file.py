@@ -4,15 +4,21 @@ Our keys per module path ``m``: LoRA ``m.lora_down.weight``, ``m.lora_up.weight`
 (DoRA adds ``m.dora_scale``); LoHa ``m.hada_w1_a`` ... ``m.hada_w2_b`` + ``m.alpha``; LoKr ``m.lokr_w1``
 (or ``_a``/``_b``), ``m.lokr_w2`` (or ``_a``/``_b``) + ``m.alpha``; or a full delta ``m.diff`` (shape of the
 base weight); plus an optional bias delta ``m.diff_b``. The metadata's ``algorithm`` names the algorithm
-an adapter was trained with. Also read: peft's ``m.lora_A.weight`` / ``m.lora_B.weight`` and
-``m.lora_A.<adapter>.weight`` (a leading ``base_model.model.`` is dropped; alpha from metadata, else
-alpha = rank).
+an adapter was trained with. Every floating tensor and alpha must be finite.
+
+Also read: peft's ``m.lora_A.weight`` / ``m.lora_B.weight`` and ``m.lora_A.<adapter>.weight`` (a leading
+``base_model.model.`` is dropped). peft keeps the scale outside the tensors, in the ``adapter_config.json``
+that ``save_pretrained`` writes beside ``adapter_model.safetensors``: ``lora_alpha`` and ``r`` (per module
+through ``alpha_pattern`` / ``rank_pattern``), scale ``lora_alpha / r`` or ``lora_alpha / sqrt(r)`` with
+``use_rslora``. That file is read; a peft adapter without it (and without an alpha in its metadata) is
+refused, since its scale cannot be known. A directory saved by peft may be given instead of the file.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 from dataclasses import dataclass, field
@@ -32,6 +38,8 @@ DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
 _PEFT = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _PEFT_PREFIX = "base_model.model."
+PEFT_CONFIG = "adapter_config.json"
+PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
@@ -104,9 +112,60 @@ def _metadata_alpha(meta: dict[str, Any]) -> float | None:
     return None
 
 
+@dataclass(frozen=True)
+class _PeftScaling:
+    """The scale settings of a peft LoRA adapter (``adapter_config.json``)."""
+
+    source: Path
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+    rank_pattern: dict[str, int]
+    alpha_pattern: dict[str, float]
+
+    def kohya_alpha(self, module: str, rank: int, fail) -> float:
+        """The alpha that gives this module peft's scale under scale = alpha / rank."""
+        r = int(_pattern_value(self.rank_pattern, module, self.r))
+        if r != rank:
+            raise fail(f"module '{module}' has rank {rank} but {self.source} says r = {r}")
+        alpha = float(_pattern_value(self.alpha_pattern, module, self.lora_alpha))
+        scale = alpha / math.sqrt(r) if self.use_rslora else alpha / r
+        return scale * rank
+
+
+def _pattern_value(patterns: dict, module: str, default):
+    """peft's rank/alpha pattern rule: the first pattern (a regex) that matches the end of the module name
+    at a name boundary wins."""
+    for pattern, value in patterns.items():
+        if re.match(rf"(.*\.)?({pattern})$", module):
+            return value
+    return default
+
+
+def _read_peft_config(weights: Path) -> _PeftScaling | None:
+    """The ``adapter_config.json`` beside ``weights`` (None when there is none)."""
+    path = weights.parent / PEFT_CONFIG
+    if not path.is_file():
+        return None
+    try:
+        cfg = json.loads(path.read_text())
+        if not isinstance(cfg, dict):
+            raise ValueError("not a JSON object")
+        if cfg.get("peft_type", "LORA") != "LORA":
+            raise ValueError(f"peft_type {cfg['peft_type']!r}; only LORA adapters are supported")
+        if cfg.get("use_dora"):
+            raise ValueError("a DoRA adapter (use_dora); only plain LoRA is supported")
+        return _PeftScaling(path, int(cfg["r"]), float(cfg["lora_alpha"]), bool(cfg.get("use_rslora", False)),
+                            dict(cfg.get("rank_pattern") or {}), dict(cfg.get("alpha_pattern") or {}))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise RVCLoraError(f"{path}: not a usable peft LoRA config ({exc})") from None
+
+
 def read_adapter(path: str | os.PathLike) -> AdapterFile:
     """Read and validate an adapter file; raises ``RVCLoraError`` naming the file and the problem."""
     path = Path(path)
+    if path.is_dir() and (path / PEFT_WEIGHTS).is_file():
+        path = path / PEFT_WEIGHTS
     if not path.is_file():
         raise RVCLoraError(f"adapter file not found: {path}")
     try:
@@ -127,6 +186,9 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         if split is None:
             raise fail(f"unknown tensor key '{key}' (expected .lora_down.weight, .lora_up.weight, "
                        ".alpha, .diff, .diff_b, LyCORIS .hada_*/.lokr_*/.dora_scale or peft .lora_A/.lora_B)")
+        if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+            raise fail(f"tensor '{key}' holds NaN or infinite values; the adapter is damaged (export it again, "
+                       "e.g. by re-running its training, which resumes from the last checkpoint)")
         module, part, adapter = split
         if adapter is not None:
             peft_adapters.setdefault(module, set()).add(adapter)
@@ -138,6 +200,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             raise fail(f"module '{module}' holds several peft adapters {sorted(names)}; keep one per file")
 
     default_alpha = _metadata_alpha(meta)
+    peft = _read_peft_config(path) if peft_adapters else None
     tensors: dict[str, torch.Tensor] = {}
     modules: dict[str, str] = {}
     for module, p in parts.items():
@@ -160,12 +223,21 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
                     raise fail(f"module '{module}' alpha must be a single number, has shape "
                                f"{tuple(p['alpha'].shape)}")
                 alpha = float(p["alpha"].reshape(()))
+            elif module in peft_adapters and peft is not None:
+                alpha = peft.kohya_alpha(module, rank, fail)
+            elif default_alpha is not None:
+                alpha = default_alpha
+            elif module in peft_adapters:
+                raise fail(f"peft adapter without its {PEFT_CONFIG}: the scale (lora_alpha / r) of module "
+                           f"'{module}' cannot be known; keep the {PEFT_CONFIG} that peft saved beside the file")
             else:
-                alpha = default_alpha if default_alpha is not None else float(rank)
+                alpha = float(rank)  # kohya's rule for files without alpha
             modules[module] = "lora"
             tensors[f"{module}.lora_down.weight"] = down
             tensors[f"{module}.lora_up.weight"] = up
             tensors[f"{module}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
+            if not math.isfinite(alpha):  # values are checked too, not only keys and shapes
+                raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
             if "dora_scale" in p:
                 modules[module] = "dora"
                 tensors[f"{module}.dora_scale"] = p["dora_scale"]

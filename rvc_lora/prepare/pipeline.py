@@ -7,8 +7,8 @@ Stages, each with a progress bar and resumable (finished work is skipped on re-r
    then the usable audio is checked against ``data.min_total_seconds``;
 2. pitch    (``model.f0`` only): f0 in Hz and coarse pitch per piece (CPU methods in the worker pool);
 3. content  (main process, batched): HuBERT features, 256-d (v1) or 768-d (v2);
-4. finish   manifest.csv, filelist.txt (train split), experiment.json and, with ``data.build_index``,
-            the faiss index over the train features.
+4. finish   manifest.csv, filelist.txt (train split, plus RVC's silence piece twice), experiment.json and,
+            with ``data.build_index``, the faiss index over the train features (not the silence piece's).
 
 Checks that need no audio (content model present, pitch method usable, input folder) run first.
 Under torchrun each rank takes every WORLD_SIZE-th file; see :mod:`rvc_lora.prepare.sharding`.
@@ -28,6 +28,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from rvc_lora.data.experiment import (
     FEATURE_DIMS,
+    MUTE_COPIES,
+    MUTE_NAME,
     ExperimentInfo,
     ExperimentLayout,
     ManifestRow,
@@ -45,9 +47,10 @@ from rvc_lora.prepare.ingest import (
     count_seconds,
     ingest_file,
 )
+from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
 from rvc_lora.prepare.sources import AUDIO_EXTENSIONS, file_key, find_audio_files, fingerprint
-from rvc_lora.utils import RVCLoraError, atomic_write
+from rvc_lora.utils import RVCLoraError, atomic_write, remove_stale_temp_files
 
 STATE_DIR = ".prepare"
 # Less input than this is decoded in-process: starting worker processes (each imports torch) costs more.
@@ -117,14 +120,7 @@ def _clean_stray_temps(layout: ExperimentLayout, older_than: float) -> None:
     for folder in [layout.root, *(layout.root / d for d in ("0_gt_wavs", "1_16k_wavs", "2a_f0", "2b-f0nsf",
                                                             "3_feature256", "3_feature768")),
                    layout.root / STATE_DIR, layout.root / STATE_DIR / "files"]:
-        if not folder.is_dir():
-            continue
-        for tmp in folder.glob(".*.tmp"):
-            try:
-                if tmp.stat().st_mtime < older_than:
-                    tmp.unlink()
-            except FileNotFoundError:
-                pass
+        remove_stale_temp_files(folder, ["*"], older_than)
 
 
 def _read_state(path: Path) -> dict:
@@ -328,16 +324,19 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         t0 = time.perf_counter()
         force = state.get("content") not in (None, content_fp)
         todo = [n for n in ok_names if n not in errors]
+        if shard.is_main:  # RVC's silence piece: its features come from this content encoder too
+            write_mute_piece(layout, settings.sample_rate, use_f0)
+            todo.append(MUTE_NAME)
         needs_model = force or any(not layout.feature(n).is_file() for n in todo)
         n = 0
         feature_dim = _stored_feature_dim(layout, todo)
         if needs_model:
-            from rvc_lora.features.content import load_content_encoder
+            from rvc_lora.features.content import load_content_model
 
             t_load = time.perf_counter()
-            encoder = load_content_encoder(content_path, device=default_device(str(_get(cfg, "content.device",
-                                                                                      "auto"))),
-                                           half=_get(cfg, "content.half", "auto"))
+            encoder = load_content_model(content_path, kind=str(_get(cfg, "content.kind", "auto")),
+                                         device=default_device(str(_get(cfg, "content.device", "auto"))),
+                                         half=_get(cfg, "content.half", "auto"))
             report.timings["content_model_load"] = time.perf_counter() - t_load
             cerr, n = content_stage(layout, todo, encoder, int(_get(cfg, "content.batch_size", 8)), force,
                                     _progress(show, "content", "piece"))
@@ -388,8 +387,14 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     for r in ok_rows:
         r.split = "val" if r.name in val else "train"
     train_names = [r.name for r in ok_rows if r.split == "train"]
+    mute_ok = MUTE_NAME not in errors and layout.feature(MUTE_NAME).is_file()
+    if mute_ok:
+        rows.append(mute_row(speaker_id))
+    else:
+        problems.append(("(silence piece)", errors.get(MUTE_NAME, "no content features"), "not added"))
     write_manifest(layout.manifest_path, rows)
-    write_filelist(layout, train_names, f0=use_f0, speaker_id=speaker_id)
+    write_filelist(layout, train_names + [MUTE_NAME] * (MUTE_COPIES if mute_ok else 0), f0=use_f0,
+                   speaker_id=speaker_id)
     if bool(_get(cfg, "data.build_index", True)) and train_names:
         t0 = time.perf_counter()
         report.index_path, built = index_stage(
@@ -402,7 +407,8 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         feature_dim=feature_dim, pitch_method=method, content_model=content_path,
         speaker_id=speaker_id,
         extra={"input_dir": str(input_root.resolve()), "files": len(files), "pieces": len(ok_rows),
-               "train_pieces": len(train_names), "val_pieces": len(val), "total_seconds": round(total_seconds, 2),
+               "train_pieces": len(train_names), "val_pieces": len(val), "silence_piece": mute_ok,
+               "total_seconds": round(total_seconds, 2),
                "index": report.index_path.name if report.index_path else None,
                "slicing": asdict(settings)},
     )

@@ -4,13 +4,15 @@ One item (``PieceDataset[i]``) is a dict of CPU tensors, ``frames`` = spectrogra
 hop 400 / 40 kHz)::
 
     wave   [frames * hop]            float32 target audio at the model rate
-    spec   [n_fft // 2 + 1, frames]  linear magnitude spectrogram of ``wave`` (RVC's settings)
+    spec   [n_fft // 2 + 1, frames]  linear magnitude spectrogram of the whole piece (RVC's settings), trimmed
     phone  [frames, C]               content features repeated 2x (50 -> 100 fps)
     pitch  [frames] long             coarse pitch 1..255 (f0 models only)
     pitchf [frames] float32          f0 in Hz (f0 models only)
     sid    [] long                   speaker row
 
-Lengths are aligned as RVC does: frames = min(audio frames, 2 * feature frames, pitch frames, max_frames).
+Items are RVC's (``TextAudioLoaderMultiNSFsid``): features repeated x2 (50 -> 100 fps), the spectrogram of the
+whole piece, then everything trimmed to frames = min(spectrogram frames, 2 * feature frames, max_frames) (and
+the pitch frames, which RVC assumes are at least that many).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import soundfile as sf
 import torch
 from torch.utils.data import Dataset
 
-from rvc_lora.data.experiment import ExperimentLayout, read_manifest
+from rvc_lora.data.experiment import MUTE_COPIES, MUTE_NAME, MUTE_STATUS, ExperimentLayout, read_manifest
 from rvc_lora.models import MelSettings, spectrogram
 from rvc_lora.utils import RVCLoraError
 
@@ -36,20 +38,25 @@ def split_pieces(layout: ExperimentLayout, validation_pieces: int) -> tuple[list
 
     Validation pieces are the manifest rows with ``split == "val"``; when there are none, the last
     ``validation_pieces`` of the sorted names are held out (never all of them). Without a manifest
-    every piece in ``0_gt_wavs`` is used.
+    every piece in ``0_gt_wavs`` is used. RVC's silence piece (``mute``), when the experiment has it, is
+    added to the training names ``MUTE_COPIES`` times, as RVC's filelist lists it.
     """
     if layout.manifest_path.is_file():
-        rows = [r for r in read_manifest(layout.manifest_path) if r.status == "ok"]
-        train = sorted(r.name for r in rows if r.split != "val")
-        val = sorted(r.name for r in rows if r.split == "val")
+        rows = read_manifest(layout.manifest_path)
+        usable = [r for r in rows if r.status == "ok"]
+        train = sorted(r.name for r in usable if r.split != "val")
+        val = sorted(r.name for r in usable if r.split == "val")
+        mute = any(r.status == MUTE_STATUS for r in rows)
     else:
-        train, val = sorted(p.stem for p in layout.gt_dir.glob("*.wav")), []
+        names = sorted(p.stem for p in layout.gt_dir.glob("*.wav"))
+        train, val = [n for n in names if n != MUTE_NAME], []
+        mute = MUTE_NAME in names
     if not val and validation_pieces > 0 and len(train) > 1:
         k = min(int(validation_pieces), len(train) - 1)
         train, val = train[:-k], train[-k:]
     if not train:
         raise RVCLoraError(f"{layout.root}: no usable training pieces (manifest empty or all rejected)")
-    return train, val
+    return train + [MUTE_NAME] * (MUTE_COPIES if mute else 0), val
 
 
 @dataclass
@@ -97,8 +104,15 @@ class PieceDataset(Dataset):
                                f"{self.settings.sample_rate} Hz (prepared for another model?)")
         if wave.ndim > 1:
             wave = wave.mean(axis=1)
+        if len(wave) < self.settings.n_fft:
+            raise RVCLoraError(f"{self.layout.gt_wav(name)}: piece too short ({len(wave)} samples, less than one "
+                               f"spectrogram window of {self.settings.n_fft})")
         phone = np.repeat(np.load(self.layout.feature(name)).astype(np.float32), 2, axis=0)
-        frames = min(len(wave) // hop, phone.shape[0], self.max_frames)
+        wave_t = torch.from_numpy(np.ascontiguousarray(wave, dtype=np.float32))
+        # RVC computes the spectrogram of the whole piece and trims it afterwards (the last frames see the
+        # samples after the cut through the window and the reflect padding).
+        spec = spectrogram(wave_t.unsqueeze(0), self.settings.n_fft, hop, self.settings.win)[0]
+        frames = min(spec.shape[-1], phone.shape[0], self.max_frames)
         item: dict[str, torch.Tensor] = {}
         if self.f0:
             coarse = np.load(self.layout.f0_coarse(name))
@@ -108,9 +122,8 @@ class PieceDataset(Dataset):
             item["pitchf"] = torch.from_numpy(np.asarray(hz[:frames], dtype=np.float32))
         if frames < 1:
             raise RVCLoraError(f"{self.layout.gt_wav(name)}: piece shorter than one frame")
-        wave_t = torch.from_numpy(np.ascontiguousarray(wave[: frames * hop]))
-        item["wave"] = wave_t
-        item["spec"] = spectrogram(wave_t.unsqueeze(0), self.settings.n_fft, hop, self.settings.win)[0, :, :frames]
+        item["wave"] = wave_t[: frames * hop]
+        item["spec"] = spec[:, :frames]
         item["phone"] = torch.from_numpy(np.ascontiguousarray(phone[:frames]))
         item["sid"] = torch.tensor(self.speaker_id, dtype=torch.long)
         return item

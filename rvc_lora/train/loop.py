@@ -1,8 +1,8 @@
-"""The training loop: RVC's step order and losses on a frozen base with trainable adapters.
+"""The training loop around RVC's step: data, epochs, checkpoints, validation, logging, signals.
 
-Per batch: G forward (autocast) -> D step on (real, fake.detach()) -> G losses (mel x c_mel, KL x c_kl,
-feature matching, LSGAN adversarial) through a D that receives no gradient -> G step. A non-finite loss
-skips the whole step on every rank. The exponential learning-rate decay is stepped once per epoch.
+Each step is :func:`rvc_lora.train.step.train_step` (RVC's order and losses); the loop chooses when the
+discriminator steps (``trainer.discriminator``), counts skipped non-finite steps, keeps the EMA, and steps
+the exponential learning-rate decay once per epoch.
 """
 
 from __future__ import annotations
@@ -25,17 +25,17 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from rvc_lora.models import mel_settings, mel_spectrogram, spec_to_mel
-from rvc_lora.models.synthesizer import slice_segments
+from rvc_lora.models import mel_settings
 from rvc_lora.utils import RVCLoraError, atomic_write, resolve_device
 
 from . import distributed as dist_utils
 from .checkpointing import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import BucketBatchSampler, PieceDataset, collate_pieces, split_pieces
 from .evaluation import validate
-from .losses import discriminator_loss, feature_matching_loss, generator_adversarial_loss, kl_loss, mel_l1
 from .outputs import export_run, save_adapter_file
-from .setup import build_models, resolve_precision
+from .setup import adamw_settings, build_models, resolve_precision
+from .speaker_similarity import SpeakerSimilarity, resolve_best_metric
+from .step import StepModels, StepSettings, train_step
 from .tensorboard_writer import RunWriter, mel_image
 from .trainable import ParameterEMA
 from .validate import check_config
@@ -75,7 +75,8 @@ class TrainResult:
     base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
     index_paths: list[Path] = field(default_factory=list)
     best_step: int | None = None
-    best_val_loss: float | None = None
+    best_metric: str = "mel_l1"                # trainer.best_metric as resolved: mel_l1 or speaker_similarity
+    best_value: float | None = None            # its value at best_step
     final_losses: dict[str, float] = field(default_factory=dict)
     skipped_steps: int = 0
     interrupted: bool = False
@@ -109,7 +110,6 @@ class Trainer:
         self.synth = self.models.synth
         self.disc = self.models.discriminator
         self.settings = mel_settings(self.info.version, self.info.sample_rate)
-        self.segment_samples = self.synth.segment_frames * self.settings.hop
         self.d_trained = self.disc is not None and self.mode != "frozen"
 
         self.g_model: torch.nn.Module = self.synth
@@ -121,7 +121,7 @@ class Trainer:
                 self.d_model = DDP(self.disc, device_ids=ids)
 
         o = cfg.optim
-        adamw = {"lr": float(o.lr), "betas": tuple(o.betas), "eps": float(o.eps), "weight_decay": float(o.weight_decay)}
+        adamw = adamw_settings(o)
         self.optim_g = torch.optim.AdamW(self.models.trainable_g, **adamw)
         self.sched_g = torch.optim.lr_scheduler.ExponentialLR(self.optim_g, gamma=float(o.lr_decay))
         self.optim_d = self.sched_d = None
@@ -130,6 +130,10 @@ class Trainer:
             self.sched_d = torch.optim.lr_scheduler.ExponentialLR(self.optim_d, gamma=float(o.lr_decay))
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.ema = ParameterEMA(self.models.trainable_g, float(t.ema_decay)) if t.ema_decay else None
+        self.step_models = StepModels(self.g_model, self.models.trainable_g, self.disc, self.d_model)
+        clip = t.get("grad_clip")
+        self.step_settings = StepSettings(self.settings, self.synth.segment_frames, float(t.c_mel), float(t.c_kl),
+                                          self.precision.dtype, float(clip) if clip else None, self.device, self.dist)
 
         train_names, val_names = split_pieces(self.layout, int(cfg.data.validation_pieces))
         speaker = int(cfg.data.speaker_id)
@@ -145,11 +149,15 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self.best_step: int | None = None
-        self.best_loss: float | None = None
+        self.best_value: float | None = None
+        self.best_metric = resolve_best_metric(str(t.best_metric))
+        self.similarity = (SpeakerSimilarity() if self.best_metric == "speaker_similarity" and self.dist.is_main
+                           else None)  # validation runs on rank 0 only
         self.skipped = 0
         self.consecutive_bad = 0
         self.last_losses: dict[str, float] = {}
         self._stop_requested = False
+        self._last_mels: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) of the last step
         self.resumed_from: Path | None = None
         torch.manual_seed(int(t.seed) + self.dist.rank)
         if bool(t.get("resume", True)):
@@ -189,7 +197,7 @@ class Trainer:
             "scaler": self.scaler.state_dict(),
             "ema": None if self.ema is None else self.ema.state_dict(),
             "rng": rngs,
-            "best": {"step": self.best_step, "loss": self.best_loss},
+            "best": {"step": self.best_step, "value": self.best_value, "metric": self.best_metric},
             "nan": {"skipped": self.skipped, "consecutive": self.consecutive_bad},
             "last_losses": dict(self.last_losses),
         }
@@ -222,7 +230,9 @@ class Trainer:
         if self.ema is not None and state.get("ema") is not None:
             self.ema.load_state_dict(state["ema"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
-        self.best_step, self.best_loss = state["best"]["step"], state["best"]["loss"]
+        best = state["best"]
+        if best.get("metric", "mel_l1") == self.best_metric:  # a changed best_metric starts a new search
+            self.best_step, self.best_value = best["step"], best.get("value", best.get("loss"))
         self.skipped, self.consecutive_bad = state["nan"]["skipped"], state["nan"]["consecutive"]
         self.last_losses = dict(state.get("last_losses", {}))
         rngs = state["rng"]
@@ -240,26 +250,7 @@ class Trainer:
         return path
 
     # ---- one step ----------------------------------------------------------------------------------------
-    def _autocast(self):
-        enabled = self.precision.dtype is not None
-        return torch.autocast(self.device.type, dtype=self.precision.dtype or torch.float32, enabled=enabled)
-
-    def _grad_norm(self, params) -> float:
-        grads = [p.grad.detach().float() for p in params if p.grad is not None]
-        if not grads:
-            return 0.0
-        clip = self.cfg.trainer.get("grad_clip")
-        if clip:
-            return float(torch.nn.utils.clip_grad_norm_([p for p in params if p.grad is not None], float(clip)))
-        return float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
-
-    def _finite(self, loss: torch.Tensor) -> bool:
-        return dist_utils.all_finite(bool(torch.isfinite(loss).item()), self.dist, self.device)
-
     def _skip(self) -> None:
-        self.optim_g.zero_grad(set_to_none=True)
-        if self.optim_d is not None:
-            self.optim_d.zero_grad(set_to_none=True)
         self.skipped += 1
         self.consecutive_bad += 1
         if self.consecutive_bad >= int(self.cfg.trainer.nan_patience):
@@ -271,92 +262,22 @@ class Trainer:
     def train_step(self, batches: dict[str, torch.Tensor] | list[dict[str, torch.Tensor]]) -> dict[str, float] | None:
         """One optimisation step on one batch, or on several accumulated (``trainer.grad_accum``).
 
-        Batches come from ``collate_pieces``. Losses are averaged over the micro-batches. RVC's order is
-        kept: the discriminator steps right before the last micro-batch's generator losses (with one
-        micro-batch: D step, then G losses against the updated D, then G step). Returns the scalars, or
-        None if a loss was non-finite (the whole step is skipped and counted).
+        Batches come from ``collate_pieces``; the step itself is :func:`rvc_lora.train.step.train_step`
+        (RVC's order and losses). Returns the scalars, or None if a loss was non-finite (the whole step is
+        skipped and counted).
         """
         group = batches if isinstance(batches, list) else [batches]
-        n = len(group)
-        t = self.cfg.trainer
-        d_update = self.d_trained and (self.mode != "every_k" or self.step % int(t.d_every) == 0)
-        self.optim_g.zero_grad(set_to_none=True)
-        if d_update:
-            self.optim_d.zero_grad(set_to_none=True)
-        sums: dict[str, float] = {}
-        for i, batch in enumerate(group):
-            scalars, d_stepped = self._accumulate(batch, d_update, n, step_d_now=d_update and i == n - 1)
-            if scalars is None:
-                if d_stepped:
-                    self.scaler.update()
-                self._skip()
-                return None
-            for key, value in scalars.items():  # losses are averaged; a gradient norm is measured once
-                sums[key] = value if key.startswith("grad_norm/") else sums.get(key, 0.0) + value / n
-        self.scaler.unscale_(self.optim_g)
-        sums["grad_norm/adapter"] = self._grad_norm(self.models.trainable_g)
-        self.scaler.step(self.optim_g)
-        self.scaler.update()
+        update_d = self.d_trained and (self.mode != "every_k" or self.step % int(self.cfg.trainer.d_every) == 0)
+        out = train_step(self.step_models, group, self.optim_g, self.optim_d, self.scaler, self.step_settings,
+                         update_d)
+        if out is None:
+            self._skip()
+            return None
         if self.ema is not None:
             self.ema.update()
         self.consecutive_bad = 0
-        return sums
-
-    def _accumulate(self, batch: dict[str, torch.Tensor], d_update: bool, n: int,
-                    step_d_now: bool) -> tuple[dict[str, float] | None, bool]:
-        """Forward one micro-batch and add its gradients (losses scaled by 1/n); step D if asked.
-
-        Returns (the micro-batch's scalars, or None if a loss was non-finite; whether D stepped).
-        """
-        b = {k: v.to(self.device, non_blocking=True) for k, v in batch.items()}
-        t = self.cfg.trainer
-        with self._autocast():
-            wave_hat, ids, _, z_mask, (_, z_p, m_p, logs_p, _, logs_q) = self.g_model(
-                b["phone"], b["phone_lengths"], b.get("pitch"), b.get("pitchf"), b["spec"], b["spec_lengths"],
-                b["sid"])
-        real = slice_segments(b["wave"], ids * self.settings.hop, self.segment_samples)
-        s = self.settings
-        mel = spec_to_mel(b["spec"].float(), s.sample_rate, s.n_fft, s.n_mels, s.fmin, s.fmax)
-        mel_real = slice_segments(mel, ids, self.synth.segment_frames)
-        mel_fake = mel_spectrogram(wave_hat.float().squeeze(1), s)
-        out: dict[str, float] = {}
-
-        if d_update:
-            with self._autocast():
-                real_outs, fake_outs, _, _ = self.d_model(real, wave_hat.detach())
-            loss_d = discriminator_loss(real_outs, fake_outs)
-            if not self._finite(loss_d):
-                return None, False
-            self.scaler.scale(loss_d / n).backward()
-            out["loss/d/total"] = loss_d.item()
-            if step_d_now:
-                self.scaler.unscale_(self.optim_d)
-                out["grad_norm/d"] = self._grad_norm(list(self.disc.parameters()))
-                self.scaler.step(self.optim_d)
-        d_stepped = d_update and step_d_now
-
-        loss_mel = mel_l1(mel_real, mel_fake) * float(t.c_mel)
-        loss_kl = kl_loss(z_p, logs_q, m_p, logs_p, z_mask) * float(t.c_kl)
-        total = loss_mel + loss_kl
-        if self.disc is not None:
-            if self.d_trained:
-                self.disc.requires_grad_(False)
-            try:
-                with self._autocast():
-                    _, fake_outs, real_fmaps, fake_fmaps = self.disc(real, wave_hat)
-            finally:
-                if self.d_trained:
-                    self.disc.requires_grad_(True)
-            loss_fm = feature_matching_loss(real_fmaps, fake_fmaps)
-            loss_adv = generator_adversarial_loss(fake_outs)
-            total = total + loss_fm + loss_adv
-            out["loss/g/fm"], out["loss/g/adv"] = loss_fm.item(), loss_adv.item()
-        if not self._finite(total):
-            return None, d_stepped
-        self.scaler.scale(total / n).backward()
-        out.update({"loss/g/total": total.item(), "loss/g/mel": loss_mel.item(), "loss/g/kl": loss_kl.item()})
-        self._last_mels = (mel_real[0].detach(), mel_fake[0].detach())
-        return out, d_stepped
+        self._last_mels = (out.tensors.mel_real[0], out.tensors.mel_fake[0])
+        return out.scalars
 
     # ---- loop --------------------------------------------------------------------------------------------
     def _step_schedulers(self) -> None:
@@ -452,7 +373,7 @@ class Trainer:
                 signal.signal(sig, old)
             self.writer.flush()
         result.steps, result.epochs = self.step, self.epoch
-        result.best_step, result.best_val_loss = self.best_step, self.best_loss
+        result.best_step, result.best_metric, result.best_value = self.best_step, self.best_metric, self.best_value
         result.final_losses, result.skipped_steps = dict(self.last_losses), self.skipped
         if self.dist.is_main and (self.run_dir / "best_adapter.safetensors").is_file():
             result.best_adapter_path = self.run_dir / "best_adapter.safetensors"
@@ -472,7 +393,8 @@ class Trainer:
         self.writer.scalars(values, self.step)
 
     def run_validation(self) -> float | None:
-        """Validation loss, mel images and audio (rank 0); keeps ``best_adapter.safetensors``."""
+        """Validation loss, mel images and audio (rank 0); keeps ``best_adapter.safetensors``, the step best
+        by ``trainer.best_metric`` (lowest validation mel L1, or highest speaker similarity)."""
         if not self.dist.is_main or len(self.val_dataset) == 0:
             dist_utils.barrier(self.dist)
             return None
@@ -481,8 +403,12 @@ class Trainer:
         try:
             items = [self.val_dataset[i] for i in range(len(self.val_dataset))]
             n_clips = int(self.cfg.logging.audio_clips)
-            res = validate(self.synth, items, self.settings, self.device, n_clips, seed=int(self.cfg.trainer.seed))
-            self.writer.scalars({"val/mel_l1": res.mel_l1}, self.step)
+            res = validate(self.synth, items, self.settings, self.device, n_clips, seed=int(self.cfg.trainer.seed),
+                           similarity=self.similarity)
+            values = {"val/mel_l1": res.mel_l1}
+            if res.speaker_similarity is not None:
+                values["val/speaker_similarity"] = res.speaker_similarity
+            self.writer.scalars(values, self.step)
             sr = self.settings.sample_rate
             for i, clip in enumerate(res.clips):
                 self.writer.audio(f"audio/val_{i}/real", clip.real, self.step, sr)
@@ -490,10 +416,12 @@ class Trainer:
                 self.writer.audio(f"audio/val_{i}/conversion", clip.conversion, self.step, sr)
                 if self.cfg.logging.mel_images:
                     self.writer.image(f"mel/val_{i}", mel_image(clip.mel_real, clip.mel_reconstruction), self.step)
-            if self.cfg.logging.mel_images and getattr(self, "_last_mels", None) is not None:
+            if self.cfg.logging.mel_images and self._last_mels is not None:
                 self.writer.image("mel/train", mel_image(*self._last_mels), self.step)
-            if self.best_loss is None or res.mel_l1 < self.best_loss:
-                self.best_loss, self.best_step = res.mel_l1, self.step
+            value = res.mel_l1 if self.best_metric == "mel_l1" else res.speaker_similarity
+            higher_is_better = self.best_metric == "speaker_similarity"
+            if self.best_value is None or (value > self.best_value if higher_is_better else value < self.best_value):
+                self.best_value, self.best_step = value, self.step
                 self._save_best()
             self.writer.flush()
         finally:
@@ -503,7 +431,7 @@ class Trainer:
         return res.mel_l1
 
     def _save_best(self) -> None:
-        meta = {"step": self.step, "val_mel_l1": self.best_loss}
+        meta = {"step": self.step, "best_metric": self.best_metric, "best_value": self.best_value}
         if self.models.adapters is not None:
             save_adapter_file(self.models, self.run_dir / "best_adapter.safetensors", meta)
         else:

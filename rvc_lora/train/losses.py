@@ -8,15 +8,20 @@ from __future__ import annotations
 
 import torch
 
-__all__ = ["discriminator_loss", "feature_matching_loss", "generator_adversarial_loss", "kl_loss", "mel_l1"]
+__all__ = ["discriminator_losses", "feature_matching_loss", "generator_adversarial_loss", "kl_loss", "mel_l1"]
 
 
-def discriminator_loss(real_outs: list[torch.Tensor], fake_outs: list[torch.Tensor]) -> torch.Tensor:
-    """LSGAN discriminator loss: sum over sub-discriminators of mean((1 - D(real))^2) + mean(D(fake)^2)."""
-    total = torch.zeros((), device=real_outs[0].device)
-    for real, fake in zip(real_outs, fake_outs, strict=True):
-        total = total + torch.mean((1.0 - real.float()) ** 2) + torch.mean(fake.float() ** 2)
-    return total
+def discriminator_losses(real_outs: list[torch.Tensor],
+                         fake_outs: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """LSGAN discriminator terms per sub-discriminator: (mean((1 - D(real))^2), mean(D(fake)^2)).
+
+    The discriminator loss is the sum of both lists.
+    """
+    real_terms = [torch.mean((1.0 - real.float()) ** 2) for real in real_outs]
+    fake_terms = [torch.mean(fake.float() ** 2) for fake in fake_outs]
+    if len(real_terms) != len(fake_terms):
+        raise ValueError(f"{len(real_terms)} real but {len(fake_terms)} fake discriminator outputs")
+    return real_terms, fake_terms
 
 
 def generator_adversarial_loss(fake_outs: list[torch.Tensor]) -> torch.Tensor:

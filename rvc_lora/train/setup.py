@@ -21,7 +21,7 @@ from rvc_lora.utils import RVCLoraError
 from .trainable import SpeakerRowDelta
 from .validate import check_base_against_experiment, lora_config
 
-__all__ = ["Models", "Precision", "build_models", "resolve_precision"]
+__all__ = ["Models", "Precision", "adamw_settings", "build_models", "resolve_precision"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +44,13 @@ def resolve_precision(name: str, device: torch.device) -> Precision:
     if name == "bf16":
         return Precision("bf16", torch.bfloat16, False)
     return Precision("fp32", None, False)
+
+
+def adamw_settings(optim: DictConfig) -> dict:
+    """Keyword arguments of ``torch.optim.AdamW`` from the ``optim`` config group (RVC's: lr 1e-4, betas
+    (0.8, 0.99), eps 1e-9, weight decay 0.01)."""
+    return {"lr": float(optim.lr), "betas": tuple(float(b) for b in optim.betas), "eps": float(optim.eps),
+            "weight_decay": float(optim.weight_decay)}
 
 
 @dataclass

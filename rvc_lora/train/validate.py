@@ -15,6 +15,8 @@ from rvc_lora.data.experiment import FEATURE_DIMS, ExperimentInfo, ExperimentLay
 from rvc_lora.lora import LoRAConfig
 from rvc_lora.utils import RVCLoraError
 
+from .speaker_similarity import resolve_best_metric
+
 __all__ = ["ADAPTER_MODES", "DISCRIMINATOR_MODES", "PRECISIONS", "check_base_against_experiment", "check_config",
            "lora_config"]
 
@@ -29,7 +31,9 @@ def _int_at_least(problems: list[str], value, name: str, minimum: int) -> None:
 
 
 def _fail(problems: list[str]) -> None:
-    if problems:
+    if len(problems) == 1:
+        raise RVCLoraError(f"invalid training configuration: {problems[0]}")
+    if problems:  # several: one per line, so that all can be fixed at once
         raise RVCLoraError("invalid training configuration:\n  - " + "\n  - ".join(problems))
 
 
@@ -81,6 +85,10 @@ def check_config(cfg: DictConfig) -> tuple[ExperimentLayout, ExperimentInfo]:
         _int_at_least(problems, t.max_epochs, "trainer.max_epochs", 1)
     if t.ema_decay is not None and not (isinstance(t.ema_decay, (int, float)) and 0.0 < t.ema_decay < 1.0):
         problems.append(f"trainer.ema_decay must be null or a number in (0, 1), got {t.ema_decay!r}")
+    try:
+        resolve_best_metric(str(t.best_metric))
+    except RVCLoraError as exc:
+        problems.append(str(exc))
     if cfg.optim.lr is None or float(cfg.optim.lr) <= 0:
         problems.append(f"optim.lr must be > 0, got {cfg.optim.lr!r}")
 

@@ -1,0 +1,107 @@
+"""The quality benchmark's pieces (espeak labels, F0 errors, gain fractions) and its quick mode end to end.
+
+Skipped when the ``bench`` extra (espeakng-loader, resemblyzer, speechmos, onnxruntime, matplotlib,
+scikit-learn) is not installed.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+for _module in ("espeakng_loader", "resemblyzer", "speechmos", "onnxruntime", "matplotlib", "sklearn"):
+    pytest.importorskip(_module)
+
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+
+from quality import report  # noqa: E402
+from quality.espeak import Espeak, VoiceSpec  # noqa: E402
+from quality.metrics import f0_errors  # noqa: E402
+from quality.phonetic import SILENCE, frame_labels, phoneme_name  # noqa: E402
+
+
+def test_espeak_gives_audio_and_ordered_phoneme_events():
+    utt = Espeak().synth("The garden is quiet.", VoiceSpec("x", "en-us+m3", 50, 50, 160))
+    seconds = utt.audio.shape[0] / utt.sample_rate
+    starts = [t for t, _ in utt.phonemes]
+    assert utt.sample_rate == 22050 and 0.8 < seconds < 3.0 and np.abs(utt.audio).max() > 0.05
+    assert starts == sorted(starts) and 0 <= starts[0] and starts[-1] <= seconds
+    names = {phoneme_name(p) for _, p in utt.phonemes}
+    assert {"g", "d", "n"} <= names  # "garden"
+    assert all("'" not in n and "," not in n for n in names)  # stress marks stripped
+
+
+def test_frame_labels_follow_event_times():
+    vocab = {SILENCE: 0, "a": 1, "b": 2}
+    events = [[0.1, "a"], [0.3, "'b"], [0.5, "_:"]]
+    labels = frame_labels(events, 40, vocab)  # frame i is centred at (320 i + 200) / 16000 s
+    centres = (np.arange(40) * 320 + 200) / 16000
+    expected = np.where(centres < 0.1, 0, np.where(centres < 0.3, 1, np.where(centres < 0.5, 2, 0)))
+    assert labels.tolist() == expected.tolist()
+
+
+def test_f0_errors_in_cents_and_voicing():
+    ref = np.array([100.0, 100.0, 200.0, 0.0, 0.0, 150.0])
+    out = np.array([100.0 * 2 ** (50 / 1200), 100.0, 0.0, 0.0, 120.0, 150.0])
+    cents, voicing = f0_errors(ref, out)
+    assert cents == pytest.approx(50 / 3)  # frames voiced in both: 50, 0, 0 cents
+    assert voicing == pytest.approx(2 / 6)  # one frame lost its voicing, one gained it
+
+
+def test_gain_fraction_is_relative_to_full_fine_tuning_above_the_floor():
+    records = [{"method": m, "target": "t", "seed": 0, "step": 10, "similarity": s}
+               for m, s in (("full", 0.9), ("lora_r8", 0.8), ("lora_r4", 0.5))]
+    g = report.gains(records, {"t": 0.5})
+    assert g[("full", "t", 0, 10)] == pytest.approx(1.0)
+    assert g[("lora_r8", "t", 0, 10)] == pytest.approx(0.75)
+    assert g[("lora_r4", "t", 0, 10)] == pytest.approx(0.0)
+
+
+def test_method_rows_are_added_and_replaced_by_configuration():
+    from quality.methods import METHODS, parse_method, select
+
+    names = [m.name for m in METHODS]
+    assert {"full", "lora_r4", "lora_r8", "lora_r16", "lora_r8_flow", "lora_r8_speaker", "lora_r8_every2",
+            "lora_r8_every4", "lora_r8_frozen", "lora_r8_mel_only"} == set(names)
+    loha = parse_method("loha_r8=lora.algorithm=loha, lora.rank=8")
+    assert loha.overrides == ("lora.algorithm=loha", "lora.rank=8")
+    chosen = select(["full", "loha_r8"], [loha])
+    assert [m.name for m in chosen] == ["full", "loha_r8"]
+    replaced = select(None, [parse_method("full=adapter=none,optim.lr=2e-4")])
+    assert len(replaced) == len(METHODS) and replaced[-1].overrides == ("adapter=none", "optim.lr=2e-4")
+    with pytest.raises(ValueError, match="unknown method"):
+        select(["lora_r3"], [])
+
+
+def test_quick_benchmark_runs_end_to_end(tmp_path):
+    out = tmp_path / "results"
+    proc = subprocess.run([sys.executable, str(TOOLS / "bench_quality.py"), "--quick", "--work-dir",
+                           str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    table = (out / "table.md").read_text()
+    for column in ("speaker sim.", "gain fraction", "sim. to source", "recon mel-L1", "F0 err (cents)",
+                   "voicing err", "DNSMOS OVRL", "s/step", "peak mem (GB)", "adapter (MB)"):
+        assert column in table
+    for row in ("RVC full fine-tune", "LoRA r8, D trained", "LoRA r8, D frozen", "floor: base", "ceiling"):
+        assert row in table
+    with (out / "results.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 3 * 2  # 3 methods x 2 evaluation steps (1 target, 1 seed)
+    assert all(-1.0 <= float(r["similarity"]) <= 1.0 for r in rows)
+    assert all(1.0 <= float(r["dnsmos"]) <= 5.0 for r in rows if r["step"] == "4")  # DNSMOS at the last step
+    summary = json.loads((out / "summary.json").read_text())
+    leak = summary["encoder"]["leakage"]
+    assert 0.0 <= leak["encoder"] <= 1.0 and 0.0 <= leak["log_mel"] <= 1.0
+    assert {"floor", "ceiling", "cheapest_d_mode"} <= set(summary["decisions"])
+    assert (out / "similarity_vs_step.png").stat().st_size > 1000
+    assert (out / "time_vs_quality.png").stat().st_size > 1000
+    again = subprocess.run([sys.executable, str(TOOLS / "bench_quality.py"), "--quick", "--work-dir",
+                            str(tmp_path / "work"), "--out", str(out)], capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "content encoder: training" not in again.stdout  # everything cached

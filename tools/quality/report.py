@@ -1,0 +1,169 @@
+"""Tables, CSV and plots from the benchmark's records (one record per method x target x seed x step)."""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+
+METRICS = ("similarity", "source_similarity", "recon_mel_l1", "f0_cents", "voicing_error", "dnsmos")
+DISCRIMINATOR_ROWS = ("lora_r8", "lora_r8_every2", "lora_r8_every4", "lora_r8_frozen", "lora_r8_mel_only")
+
+
+def _ms(values: list[float], digits: int = 3) -> str:
+    v = [x for x in values if x is not None and not math.isnan(x)]
+    if not v:
+        return "-"
+    return f"{np.mean(v):.{digits}f} ± {np.std(v):.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
+
+
+def gains(records: list[dict], floors: dict[str, float], reference: str = "full") -> dict[tuple, float]:
+    """(method, target, seed, step) -> (sim - floor) / (sim of ``reference`` at the same target/seed/step - floor)."""
+    ref = {(r["target"], r["seed"], r["step"]): r["similarity"] for r in records if r["method"] == reference}
+    out = {}
+    for r in records:
+        key = (r["target"], r["seed"], r["step"])
+        if key in ref and ref[key] - floors[r["target"]] > 1e-9:
+            out[(r["method"], *key)] = (r["similarity"] - floors[r["target"]]) / (ref[key] - floors[r["target"]])
+    return out
+
+
+def final_records(records: list[dict]) -> list[dict]:
+    last = max(r["step"] for r in records)
+    return [r for r in records if r["step"] == last]
+
+
+def summary(records: list[dict], refs: dict[str, dict], floors_eval: dict[str, dict], methods: list) -> dict:
+    """Per method at the last step: lists of values over (target, seed), gain fractions and cost ratios."""
+    floors = {t: floors_eval[t]["similarity"] for t in floors_eval}
+    final = final_records(records)
+    g_full = gains(final, floors, "full")
+    g_r8 = gains(final, floors, "lora_r8")
+    per = defaultdict(lambda: defaultdict(list))
+    for r in final:
+        m = per[r["method"]]
+        for k in (*METRICS, "sec_per_step", "peak_gb", "adapter_mb"):
+            m[k].append(r[k])
+        key = (r["method"], r["target"], r["seed"], r["step"])
+        if key in g_full:
+            m["gain"].append(g_full[key])
+        if key in g_r8:
+            m["gain_vs_r8"].append(g_r8[key])
+    full_t = np.mean(per["full"]["sec_per_step"]) if per["full"]["sec_per_step"] else float("nan")
+    full_m = np.mean(per["full"]["peak_gb"]) if per["full"]["peak_gb"] else float("nan")
+    for m in per.values():
+        m["time_ratio"] = [float(np.mean(m["sec_per_step"]) / full_t)]
+        m["mem_ratio"] = [float(np.mean(m["peak_gb"]) / full_m)]
+    order = [m.name for m in methods if m.name in per]
+    return {"per": per, "order": order, "labels": {m.name: m.label for m in methods}, "floors": floors_eval,
+            "refs": refs, "steps": max(r["step"] for r in records),
+            "pairs": len({(r["target"], r["seed"]) for r in final})}
+
+
+def decisions(s: dict) -> dict:
+    """The numbers the defaults are chosen from."""
+    per = s["per"]
+    out = {}
+    if per.get("lora_r8", {}).get("gain"):
+        out["r8_gain"] = float(np.mean(per["lora_r8"]["gain"]))
+    keep = []
+    for name in DISCRIMINATOR_ROWS[1:]:
+        if per.get(name, {}).get("gain_vs_r8"):
+            keep.append((per[name]["time_ratio"][0], name, float(np.mean(per[name]["gain_vs_r8"]))))
+    ok = sorted(k for k in keep if k[2] >= 0.95)
+    if ok:
+        t, name, g = ok[0]
+        out["cheapest_d_mode"] = {"method": name, "gain_vs_trained_d": g, "time_ratio": t,
+                                  "mem_ratio": per[name]["mem_ratio"][0]}
+    elif per.get("lora_r8"):
+        out["cheapest_d_mode"] = {"method": "lora_r8", "gain_vs_trained_d": 1.0,
+                                  "time_ratio": per["lora_r8"]["time_ratio"][0],
+                                  "mem_ratio": per["lora_r8"]["mem_ratio"][0]}
+    floors = [f["similarity"] for f in s["floors"].values()]
+    ceilings = [r["ceiling"] for r in s["refs"].values()]
+    out["floor"], out["ceiling"] = float(np.mean(floors)), float(np.mean(ceilings))
+    if per.get("full", {}).get("similarity"):
+        out["full_similarity_sd"] = float(np.std(per["full"]["similarity"]))
+    return out
+
+
+def markdown_table(s: dict) -> str:
+    head = ("| method | speaker sim. | gain fraction | sim. to source | recon mel-L1 | F0 err (cents) | voicing err "
+            "| DNSMOS OVRL | s/step | time ratio | peak mem (GB) | mem ratio | adapter (MB) |")
+    lines = [head, "|" + "---|" * 13]
+    for name in s["order"]:
+        m = s["per"][name]
+        lines.append(f"| {s['labels'][name]} | {_ms(m['similarity'])} | {_ms(m['gain'], 2)} | "
+                     f"{_ms(m['source_similarity'])} | {_ms(m['recon_mel_l1'])} | {_ms(m['f0_cents'], 1)} | "
+                     f"{_ms(m['voicing_error'])} | {_ms(m['dnsmos'], 2)} | {_ms(m['sec_per_step'], 3)} | "
+                     f"{m['time_ratio'][0]:.2f}x | {_ms(m['peak_gb'], 2)} | {m['mem_ratio'][0]:.2f}x | "
+                     f"{_ms(m['adapter_mb'], 3)} |")
+    floors = list(s["floors"].values())
+    lines.append(f"| floor: base, unadapted | {_ms([f['similarity'] for f in floors])} | 0 | "
+                 f"{_ms([f['source_similarity'] for f in floors])} | {_ms([f['recon_mel_l1'] for f in floors])} | "
+                 f"{_ms([f['f0_cents'] for f in floors], 1)} | {_ms([f['voicing_error'] for f in floors])} | "
+                 f"{_ms([f['dnsmos'] for f in floors], 2)} | - | - | - | - | - |")
+    refs = list(s["refs"].values())
+    lines.append(f"| ceiling: target's own held-out speech | {_ms([r['ceiling'] for r in refs])} | - | - | - | - | - | "
+                 f"{_ms([r['dnsmos_natural'] for r in refs], 2)} | - | - | - | - | - |")
+    lines.append(f"| source speech, unconverted | {_ms([r['source_unconverted'] for r in refs])} | - | - | - | - | "
+                 "- | - | - | - | - | - | - |")
+    return "\n".join(lines)
+
+
+def write_csv(records: list[dict], path: Path) -> None:
+    keys = ["method", "target", "seed", "step", *METRICS, "sec_per_step", "peak_gb", "adapter_mb"]
+    with path.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=keys, extrasaction="ignore")
+        writer.writeheader()
+        for r in sorted(records, key=lambda r: (r["method"], r["target"], r["seed"], r["step"])):
+            writer.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
+
+
+def plots(records: list[dict], s: dict, out: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    floor, ceiling = decisions(s)["floor"], decisions(s)["ceiling"]
+    fig, ax = plt.subplots(figsize=(8, 5))
+    for name in s["order"]:
+        steps = sorted({r["step"] for r in records if r["method"] == name})
+        means = [np.mean([r["similarity"] for r in records if r["method"] == name and r["step"] == st])
+                 for st in steps]
+        ax.plot([0, *steps], [floor, *means], marker="o", label=s["labels"][name])
+    ax.axhline(floor, color="gray", linestyle=":", label="floor (unadapted base)")
+    ax.axhline(ceiling, color="black", linestyle="--", label="ceiling (target's own speech)")
+    ax.set_xlabel("training step")
+    ax.set_ylabel("speaker similarity to target (resemblyzer cosine)")
+    ax.set_title(f"Adaptation curves (mean over {s['pairs']} target x seed pairs)")
+    ax.legend(fontsize=7, loc="lower right")
+    ax.grid(alpha=0.3)
+    curve = out / "similarity_vs_step.png"
+    fig.tight_layout()
+    fig.savefig(curve, dpi=110)
+    plt.close(fig)
+
+    fig, ax = plt.subplots(figsize=(7, 5))
+    for name in s["order"]:
+        m = s["per"][name]
+        if not m["gain"]:
+            continue
+        ax.errorbar(np.mean(m["sec_per_step"]), np.mean(m["gain"]), yerr=np.std(m["gain"]), fmt="o", capsize=3)
+        ax.annotate(s["labels"][name], (np.mean(m["sec_per_step"]), np.mean(m["gain"])), fontsize=7,
+                    xytext=(4, 4), textcoords="offset points")
+    ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
+    ax.axhline(0.95, color="gray", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("seconds per training step (this machine)")
+    ax.set_ylabel("gain fraction vs full fine-tune (1 = as good)")
+    ax.set_title(f"Time vs quality at step {s['steps']}")
+    ax.grid(alpha=0.3)
+    tradeoff = out / "time_vs_quality.png"
+    fig.tight_layout()
+    fig.savefig(tradeoff, dpi=110)
+    plt.close(fig)
+    return [curve, tradeoff]

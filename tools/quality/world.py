@@ -1,0 +1,163 @@
+"""Build (or reuse) the benchmark's world under the work folder: corpus, content encoder, experiments, base.
+
+Every stage leaves a ``done`` marker keyed by its settings, so an interrupted build continues and a re-run
+only redoes what changed. Heavy work runs in child processes through the ``rvc-lora`` command or the
+package's public API, never through private functions.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SAMPLE_RATE = 32000
+
+
+@dataclass(frozen=True)
+class Scale:
+    """Sizes of one benchmark scale (``full`` or ``quick``)."""
+
+    name: str
+    corpus: object
+    encoder_steps: int
+    base_steps: int
+    base_batch: int
+    adapt_steps: tuple[int, ...]
+    adapt_batch: int
+    seeds: tuple[int, ...]
+    # RVC v1 32 kHz structure, narrow: [spec, seg, inter, hidden, filter, heads, layers, kernel, p_dropout,
+    # resblock, kernels, dilations, upsample rates, uic, upsample kernels, speakers, gin, sr]
+    model_config: list = field(default_factory=list)
+    discriminator_divisor: int = 4
+    n_base: int = 13
+    n_targets: int = 3
+    dnsmos: bool = True
+
+
+def rvc_config(inter: int, hidden: int, filt: int, layers: int, uic: int, gin: int) -> list:
+    return [513, 32, inter, hidden, filt, 2, layers, 3, 0, "1", [3, 7, 11], [[1, 3, 5]] * 3, [10, 4, 2, 2, 2],
+            uic, [16, 16, 4, 4, 4], 4, gin, SAMPLE_RATE]
+
+
+THREADS = {"n": 1}  # torch / OpenMP threads per child process (set by bench_quality.py --threads)
+
+
+def child_env() -> dict[str, str]:
+    """The environment of child processes: this checkout importable, OpenMP limited to THREADS.
+
+    On a shared machine, OpenMP threads that outnumber free cores spin at barriers: one thread per process
+    was 5-20x faster than two here while other jobs ran.
+    """
+    env = dict(os.environ)
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        env[var] = str(THREADS["n"])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), str(REPO / "tools"), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep)
+    return env
+
+
+def run_child(args: list[str], log: Path) -> tuple[float, int]:
+    """Run ``python args...`` with output to ``log``; returns (seconds, peak RSS in bytes). Raises on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with log.open("a") as handle:
+        handle.write(f"\n$ {' '.join(args)}\n")
+        handle.flush()
+        proc = subprocess.Popen([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                                cwd=str(REPO))
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+    if proc.returncode != 0:
+        tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
+        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(args)}\n--- {log} ---\n{tail}")
+    return time.perf_counter() - start, int(usage.ru_maxrss) * 1024
+
+
+def marker(path: Path, token: dict) -> dict | None:
+    """The record saved at ``path`` if its token equals ``token``."""
+    if path.is_file():
+        data = json.loads(path.read_text())
+        if data.get("token") == token:
+            return data
+    return None
+
+
+def save_marker(path: Path, token: dict, **values) -> dict:
+    data = {"token": token, **values}
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+    return data
+
+
+def common_overrides(scale: Scale) -> list[str]:
+    return ["model=tiny_v1", f"model.sample_rate={SAMPLE_RATE}", "pitch.method=pm", "content.kind=torchscript",
+            f"model.discriminator_divisor={scale.discriminator_divisor}"]
+
+
+def prepare(work: Path, scale: Scale, name: str, input_dir: Path, encoder: Path, log: Path) -> Path:
+    """``rvc-lora prepare`` of ``input_dir`` into ``work/exp/<name>``; returns the experiment folder."""
+    exp = work / "exp" / name
+    token = {"input": str(input_dir), "encoder": encoder.stat().st_mtime_ns, "scale": scale.name}
+    if marker(exp / "bench_done.json", token):
+        return exp
+    run_child(["-m", "rvc_lora.cli", "prepare", *common_overrides(scale), f"data.input_dir={input_dir}",
+               f"data.experiment_dir={exp}", f"data.name={name}", f"content.path={encoder}",
+               "data.min_total_seconds=5", "data.num_workers=1", "data.build_index=false", "data.progress=false"],
+              log)
+    save_marker(exp / "bench_done.json", token)
+    return exp
+
+
+def base_input(work: Path, corpus: Path, voices: list[str]) -> Path:
+    """A folder of hard links to the base voices' training clips (one prepare input for the pooled base)."""
+    folder = work / "base_input"
+    for voice in voices:
+        (folder / voice).mkdir(parents=True, exist_ok=True)
+        for clip in sorted((corpus / voice / "train").glob("*.wav")):
+            link = folder / voice / clip.name
+            if not link.exists():
+                os.link(clip, link)
+    return folder
+
+
+def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = True) -> dict | None:
+    """Full training (``adapter=none``) of a fresh synthesizer on the pooled base voices (speaker row 0).
+
+    Returns ``{"g": G_full.pth, "d": D_full.pth, "model": merged.pth, "seconds": ...}`` (with
+    ``train=False``: only a finished base, else None).
+    """
+    run = work / "base" / "run"
+    token = {"config": scale.model_config, "steps": scale.base_steps, "batch": scale.base_batch,
+             "divisor": scale.discriminator_divisor}
+    done = marker(work / "base" / "done.json", token)
+    if done or not train:
+        return done
+    init = work / "base" / "G_init.pth"
+    if not init.is_file():
+        run_child(["-c", "import sys, torch; from rvc_lora.models import build_synthesizer; "
+                   "from rvc_lora.checkpoint import save_pretrained; torch.manual_seed(0); "
+                   f"c = {json.dumps(scale.model_config)}; "
+                   "s = build_synthesizer(config=c, version='v1', f0=True); "
+                   f"save_pretrained(s, sys.argv[1], config=c, version='v1', f0=1, sr='{SAMPLE_RATE // 1000}k')",
+                   str(init)], log)
+    seconds, peak = run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
+                               f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}",
+                               f"base.g={init}", "base.d=null", f"trainer.max_steps={scale.base_steps}",
+                               f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
+                               "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
+                               "trainer.log_interval=100", "logging.progress=false"], log)
+    return save_marker(work / "base" / "done.json", token, g=str(run / "G_full.pth"), d=str(run / "D_full.pth"),
+                       model=str(run / "merged.pth"), seconds=seconds, peak_bytes=peak)
+
+
+def scale_summary(scale: Scale) -> dict:
+    out = asdict(scale)
+    out["corpus"] = asdict(scale.corpus)
+    return out
