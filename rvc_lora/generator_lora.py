@@ -10,6 +10,7 @@ records a fingerprint of the base tensors it modifies so it is never applied to 
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -21,6 +22,7 @@ from torch import nn
 from rvc_lora.lora import (
     AdapterFile,
     LoRAConfig,
+    LoRALayer,
     check_fingerprint,
     fingerprint_tensors,
     inject_lora,
@@ -37,6 +39,8 @@ from rvc_lora.lora import (
     set_adapters_enabled,
     unmerge_lora,
 )
+from rvc_lora.lora.algorithms import split_key
+from rvc_lora.lora.inject import group_adapter_tensors
 from rvc_lora.utils import RVCLoraError
 
 GENERATOR_TARGETS = ("ups.*", "resblocks.*")
@@ -56,31 +60,35 @@ def _module_of(key: str) -> str:
 
 def _adapter_module(key: str) -> str:
     """Module path of an adapter-file key (``dec.ups.0.lora_down.weight`` -> ``dec.ups.0``)."""
-    for suffix in (".lora_down.weight", ".lora_up.weight", ".alpha", ".diff_b", ".diff"):
-        if key.endswith(suffix):
-            return key[: -len(suffix)]
-    return _module_of(key)
+    split = split_key(key)
+    return split[0] if split is not None else _module_of(key)
 
 
 class AdapterHost:
     """Adapters on named parts of a model, addressed by full state-dict paths (``<prefix><name>``).
 
-    ``parts`` maps a prefix (``"dec."``) to the module it names. A snapshot of the parts' tensors in
-    RVC's stored form (``weight_g``/``weight_v``, fp16) is kept to fingerprint the base; create the host
-    on the base as loaded, before anything folds its weight norm.
+    ``parts`` maps a prefix (``"dec."``) to the module it names; ``root`` is the module that holds them
+    all, reached by ``root_prefix`` (the synthesizer and ``""``, or the generator itself and ``"dec."``).
+    A snapshot of the parts' tensors in RVC's stored form (``weight_g``/``weight_v``, fp16) is kept to
+    fingerprint the base; create the host on the base as loaded, before anything folds its weight norm.
+    Every change of strengths, merging and swapping goes through the layers' own merge (``LoRALayer``).
     """
 
-    def __init__(self, parts: dict[str, nn.Module], info: dict[str, Any] | None = None):
+    def __init__(self, parts: dict[str, nn.Module], root: nn.Module, root_prefix: str = "",
+                 info: dict[str, Any] | None = None):
         self.parts = parts
         self.info = dict(info or {})
+        self.root, self.root_prefix = root, root_prefix
         self._base_state: dict[str, torch.Tensor] = {}
         for prefix, module in parts.items():
             for key, value in module.state_dict().items():
                 self._base_state[prefix + key] = value.detach().to("cpu", torch.float16, copy=True)
         self.adapters: dict[str, dict[str, Any]] = {}
-        self.embedding: nn.Embedding | None = None  # set by hosts that also own the speaker embedding
-        self._embedding_base: torch.Tensor | None = None
-        self._embedding_deltas: dict[str, tuple[torch.Tensor, float]] = {}
+
+    @property
+    def speaker_table(self) -> bool:
+        """True if adapters may carry a trained speaker row (the root owns the ``emb_g`` table)."""
+        return isinstance(getattr(self.root, "emb_g", None), (nn.Embedding, LoRALayer)) and not self.root_prefix
 
     # -- creating and loading adapters ---------------------------------------------------------------
     def add(self, prefix: str, config: LoRAConfig, adapter_name: str = "default") -> list[str]:
@@ -103,9 +111,10 @@ class AdapterHost:
         adapter_name: str | None = None,
         force: bool = False,
     ) -> str:
-        """Load an adapter file (or tensors) as a new adapter; returns its name.
+        """Load an adapter file (or tensors) of any algorithm as a new adapter; returns its name.
 
-        The file's base fingerprint must match this base unless ``force`` is set.
+        The file's base fingerprint must match this base unless ``force`` is set. On an error nothing of
+        the adapter stays loaded.
         """
         if isinstance(source, dict):
             tensors, metadata, label = source, {}, "adapter tensors"
@@ -115,68 +124,66 @@ class AdapterHost:
         name = adapter_name or f"adapter{len(self.adapters)}"
         if name in self.adapters:
             raise RVCLoraError(f"an adapter named {name!r} is already loaded")
-        tensors = dict(tensors)
-        speaker_diff = tensors.pop(EMBEDDING_DIFF_KEY, None)
-        if speaker_diff is not None and self.embedding is None:
-            raise RVCLoraError(f"{label}: carries a trained speaker row ({EMBEDDING_DIFF_KEY}); load it onto a "
-                               "whole synthesizer (SynthesizerLoRA), not a generator alone")
-        if speaker_diff is not None and tuple(speaker_diff.shape) != tuple(self.embedding.weight.shape):
-            raise RVCLoraError(f"{label}: {EMBEDDING_DIFF_KEY} has shape {tuple(speaker_diff.shape)} but the base's "
-                               f"speaker embedding is {tuple(self.embedding.weight.shape)}")
-        by_prefix: dict[str, dict[str, torch.Tensor]] = {}
-        for key, value in tensors.items():
-            prefix = next((p for p in self.parts if key.startswith(p)), None)
-            if prefix is None:
-                raise RVCLoraError(
-                    f"{label}: tensor {key!r} targets no adapted part (expected keys under "
-                    f"{', '.join(self.parts)})"
-                )
-            by_prefix.setdefault(prefix, {})[key] = value
+        prefixes = tuple(self.parts) + (("emb_g.",) if self.speaker_table else ())
+        for key in tensors:
+            if key.startswith("emb_g.") and not self.speaker_table:
+                raise RVCLoraError(f"{label}: carries a trained speaker row ({EMBEDDING_DIFF_KEY}); load it onto a "
+                                   "whole synthesizer (SynthesizerLoRA), not a generator alone")
+            if not key.startswith(prefixes):
+                raise RVCLoraError(f"{label}: tensor {key!r} targets no adapted part (expected keys under "
+                                   f"{', '.join(self.parts)})")
         modules = sorted({_adapter_module(k) for k in tensors})
         check_fingerprint(metadata.get("base_fingerprint"), self.fingerprint(modules), label,
                           self.info.get("base_desc", "this base"), force=force)
-        loaded: list[str] = []
-        for prefix, part_tensors in by_prefix.items():
-            try:
-                paths = load_lora_state_dict(self.parts[prefix], part_tensors, name, strength, prefix=prefix)
-            except (RVCLoraError, ValueError) as exc:
-                raise RVCLoraError(f"{label}: {exc}") from None
-            loaded += [prefix + p for p in paths]
-        self.adapters[name] = {"modules": loaded, "configs": {}, "metadata": metadata, "strength": strength}
-        if speaker_diff is not None:
-            self._embedding_deltas[name] = (speaker_diff.float(), strength)
-            self._apply_embedding_deltas()
+        try:
+            paths = load_lora_state_dict(self.root, dict(tensors), name, strength, prefix=self.root_prefix)
+        except (RVCLoraError, ValueError) as exc:
+            self._delete_from_layers(name)
+            raise RVCLoraError(f"{label}: {exc}") from None
+        self.adapters[name] = {"modules": [self.root_prefix + p for p in paths], "configs": {},
+                               "metadata": metadata, "strength": strength}
         return name
 
-    def _apply_embedding_deltas(self) -> None:
-        """Speaker-row deltas are small: they live in the embedding weight (base + sum strength * diff)."""
-        if self.embedding is None:
-            return
-        weight = self.embedding.weight
-        if self._embedding_base is None:
-            self._embedding_base = weight.detach().clone()
-        total = self._embedding_base.clone()
-        for diff, strength in self._embedding_deltas.values():
-            total += strength * diff.to(total)
-        with torch.no_grad():
-            weight.copy_(total)
+    def replace_adapters(self, sources: list[tuple[str | os.PathLike | AdapterFile, float]],
+                         force: bool = False) -> list[str]:
+        """Make ``sources`` (adapter, strength) the loaded set, merged into the weights; returns their names.
+
+        All-or-nothing: if any fails to load, the previous set stays loaded and merged as it was.
+        """
+        previous = list(self.adapters)
+        loaded: list[str] = []
+        try:
+            for source, strength in sources:
+                loaded.append(self.load_adapter(source, strength, self._fresh_name(), force=force))
+        except Exception:
+            for name in loaded:
+                self.remove_adapter(name)
+            raise
+        for name in previous:
+            self.remove_adapter(name)
+        self.merge()
+        return loaded
+
+    def _fresh_name(self) -> str:
+        n = len(self.adapters)
+        while f"adapter{n}" in self.adapters:
+            n += 1
+        return f"adapter{n}"
 
     # -- state -------------------------------------------------------------------------------------------
+    def layers(self) -> dict[str, LoRALayer]:
+        """Every adapter wrapper under the root, by full state-dict path."""
+        return {self.root_prefix + q: layer for q, layer in lora_layers(self.root).items()}
+
     def lora_parameters(self, adapter_name: str | None = None) -> list[nn.Parameter]:
-        params: list[nn.Parameter] = []
-        for module in self.parts.values():
-            params += lora_parameters(module, adapter_name)
-        return params
+        return lora_parameters(self.root, adapter_name)
 
     def adapter_state_dict(self, adapter_name: str = "default") -> dict[str, torch.Tensor]:
-        """Tensors of one adapter under RVC paths: ``dec.ups.0.lora_down.weight``, ``.lora_up.weight``, ``.alpha``."""
-        out: dict[str, torch.Tensor] = {}
-        for prefix, module in self.parts.items():
-            if any(adapter_name in layer.kind for layer in lora_layers(module).values()):
-                out.update(lora_state_dict(module, adapter_name, prefix=prefix))
-        if not out:
-            raise RVCLoraError(f"no adapter named {adapter_name!r}")
-        return out
+        """Tensors of one adapter under adapter-file keys and RVC paths (``dec.ups.0.lora_down.weight`` ...)."""
+        try:
+            return lora_state_dict(self.root, adapter_name, prefix=self.root_prefix)
+        except KeyError:
+            raise RVCLoraError(f"no adapter named {adapter_name!r}") from None
 
     def load_adapter_state_dict(self, tensors: dict[str, torch.Tensor], adapter_name: str = "default") -> None:
         """Copy tensors saved by ``adapter_state_dict`` into an existing adapter (e.g. on resume)."""
@@ -184,18 +191,12 @@ class AdapterHost:
         if set(own) != set(tensors):
             missing, extra = sorted(set(own) - set(tensors)), sorted(set(tensors) - set(own))
             raise RVCLoraError(f"adapter tensors do not match: missing {missing[:4]}, unexpected {extra[:4]}")
-        params = {}
-        for prefix, module in self.parts.items():
-            for qname, layer in lora_layers(module).items():
-                if adapter_name in layer.lora_down:
-                    params[f"{prefix}{qname}.lora_down.weight"] = layer.lora_down[adapter_name].weight
-                    params[f"{prefix}{qname}.lora_up.weight"] = layer.lora_up[adapter_name].weight
-        with torch.no_grad():
-            for key, param in params.items():
-                param.copy_(tensors[key])
+        layers = self.layers()
+        for path, parts in group_adapter_tensors(tensors).items():
+            layers[path].adapters[adapter_name].load_parts(parts)
 
     def metadata(self, adapter_name: str = "default") -> dict[str, Any]:
-        """Metadata that describes an adapter for its file: rank, alpha, targets, base, fingerprint."""
+        """Metadata that describes an adapter for its file: algorithm, rank, alpha, targets, base, fingerprint."""
         entry = self.adapters.get(adapter_name)
         if entry is None:
             raise RVCLoraError(f"no adapter named {adapter_name!r}")
@@ -207,7 +208,10 @@ class AdapterHost:
             "base_fingerprint": self.fingerprint(entry["modules"]),
         }
         if first is not None:
-            meta.update(rank=first.rank, alpha=first.alpha, rs_lora=first.rs_lora, dropout=first.dropout)
+            meta.update(algorithm=first.algorithm, rank=first.rank, alpha=first.alpha, rs_lora=first.rs_lora,
+                        dropout=first.dropout)
+            if first.algorithm == "lokr":
+                meta.update(factor=first.factor, decompose_both=first.decompose_both)
         for key in ("rvc_version", "sample_rate", "f0"):
             if key in self.info:
                 meta[key] = self.info[key]
@@ -232,55 +236,41 @@ class AdapterHost:
 
     # -- switching ---------------------------------------------------------------------------------------
     def set_strength(self, adapter_name: str, strength: float) -> None:
-        for module in self.parts.values():
-            set_adapter_strength(module, adapter_name, strength)
-        if adapter_name in self._embedding_deltas:
-            self._embedding_deltas[adapter_name] = (self._embedding_deltas[adapter_name][0], strength)
-            self._apply_embedding_deltas()
+        set_adapter_strength(self.root, adapter_name, strength)
 
     def merge(self) -> None:
-        for module in self.parts.values():
-            merge_lora(module)
+        merge_lora(self.root)
 
     def unmerge(self) -> None:
-        for module in self.parts.values():
-            unmerge_lora(module)
+        unmerge_lora(self.root)
 
     def enable_adapters(self, adapter_name: str | None = None) -> None:
-        for module in self.parts.values():
-            set_adapters_enabled(module, True, adapter_name)
+        set_adapters_enabled(self.root, True, adapter_name)
 
     def disable_adapters(self, adapter_name: str | None = None) -> None:
-        for module in self.parts.values():
-            set_adapters_enabled(module, False, adapter_name)
+        set_adapters_enabled(self.root, False, adapter_name)
 
     def remove_adapter(self, adapter_name: str) -> None:
-        """Drop an adapter from every layer (unmerging first), e.g. to swap voices."""
-        self.unmerge()
-        for module in self.parts.values():
-            for layer in lora_layers(module).values():
-                if adapter_name in layer.kind:
-                    layer.delete_adapter(adapter_name)
+        """Drop an adapter from every layer (the others stay as they were, merged or not), e.g. to swap voices."""
+        self._delete_from_layers(adapter_name)
         self.adapters.pop(adapter_name, None)
-        if self._embedding_deltas.pop(adapter_name, None) is not None:
-            self._apply_embedding_deltas()
 
-    def merge_and_unload_parts(self) -> None:
-        for prefix, module in list(self.parts.items()):
-            self.parts[prefix] = merge_and_unload(module)
+    def _delete_from_layers(self, adapter_name: str) -> None:
+        for layer in self.layers().values():
+            if adapter_name in layer.adapters:
+                layer.delete_adapter(adapter_name)
+
+    def merge_and_unload_root(self) -> nn.Module:
+        """Merge enabled adapters and put the plain base modules back; returns the root."""
+        return merge_and_unload(self.root)
 
     def summary(self) -> str:
         """A table of trainable vs total parameters per adapted layer."""
         lines = [f"{'layer':<32}{'trainable':>12}{'total':>14}"]
-        trainable = total = 0
-        for prefix, module in self.parts.items():
-            for row in parameter_summary(module):
-                if row.target == "total":
-                    continue
-                lines.append(f"{prefix + row.target:<32}{row.trainable:>12,}{row.total:>14,}")
-                trainable += row.trainable
-                total += row.total
-        lines.append(f"{'total':<32}{trainable:>12,}{total:>14,}")
+        rows = parameter_summary(self.root)
+        for row in rows[:-1]:
+            lines.append(f"{self.root_prefix + row.target:<32}{row.trainable:>12,}{row.total:>14,}")
+        lines.append(f"{'total':<32}{sum(r.trainable for r in rows[:-1]):>12,}{sum(r.total for r in rows[:-1]):>14,}")
         return "\n".join(lines)
 
 
@@ -301,7 +291,7 @@ class GeneratorLoRA(AdapterHost):
 
     def __init__(self, generator: nn.Module, config: LoRAConfig | None = None,
                  adapter_name: str = "default", info: dict[str, Any] | None = None):
-        super().__init__({"dec.": generator}, info)
+        super().__init__({"dec.": generator}, generator, "dec.", info)
         if config is not None:
             self.add("dec.", replace(config, targets=config.targets or GENERATOR_TARGETS), adapter_name)
 
@@ -311,8 +301,7 @@ class GeneratorLoRA(AdapterHost):
 
     def merge_and_unload(self) -> nn.Module:
         """Merge enabled adapters and return the plain generator (original classes, no LoRA left)."""
-        self.merge_and_unload_parts()
-        return self.generator
+        return self.merge_and_unload_root()
 
 
 class SynthesizerLoRA(AdapterHost):
@@ -326,9 +315,8 @@ class SynthesizerLoRA(AdapterHost):
         info = _synth_info(synth)
         if base_desc:
             info["base_desc"] = base_desc
-        super().__init__({"dec.": synth.dec, "flow.": synth.flow, "enc_p.": synth.enc_p}, info)
+        super().__init__({"dec.": synth.dec, "flow.": synth.flow, "enc_p.": synth.enc_p}, synth, "", info)
         self.synth = synth
-        self.embedding = synth.emb_g if isinstance(synth.emb_g, nn.Embedding) else None
         if config is None:
             return
         self.add("dec.", replace(config, targets=config.targets or GENERATOR_TARGETS), adapter_name)
@@ -339,15 +327,12 @@ class SynthesizerLoRA(AdapterHost):
 
     def merge_and_unload(self) -> nn.Module:
         """Merge enabled adapters into the synthesizer and return it with plain modules only."""
-        self.merge_and_unload_parts()
-        self.synth.dec = self.parts["dec."]
-        self.synth.flow = self.parts["flow."]
-        self.synth.enc_p = self.parts["enc_p."]
-        return self.synth
+        return self.merge_and_unload_root()
 
 
 def describe_adapter(path: str | os.PathLike) -> str:
-    """A human-readable summary of an adapter file: rank, alpha, targets, parameters, size, fingerprint."""
+    """A human-readable summary of an adapter file: algorithm, rank, alpha, targets, parameters, size,
+    fingerprint."""
     adapter = read_adapter(path)
     meta = adapter.metadata
     ranks = sorted(set(adapter.ranks().values()))
@@ -355,13 +340,14 @@ def describe_adapter(path: str | os.PathLike) -> str:
     size = Path(path).stat().st_size
     modules = sorted(adapter.modules)
     parts = sorted({m.split(".")[0] for m in modules})
+    kinds = Counter(adapter.modules.values())
     lines = [
         f"file:        {path}",
         f"format:      {meta.get('format', 'unknown')} v{meta.get('format_version', '?')} ({meta.get('dtype', '?')})",
-        f"rank:        {', '.join(map(str, ranks)) or 'full diff'}",
+        f"algorithm:   {', '.join(f'{k} ({n} modules)' for k, n in kinds.most_common())}",
+        f"rank:        {', '.join(map(str, ranks)) or 'none'}",
         f"alpha:       {meta.get('alpha', 'per module')}",
-        f"modules:     {len(modules)} in {', '.join(parts)} "
-        f"({sum(1 for k in adapter.modules.values() if k == 'diff')} stored as full diffs)",
+        f"modules:     {len(modules)} in {', '.join(parts)}",
         f"parameters:  {n_params:,}",
         f"size:        {size / 1e6:.2f} MB",
         f"base:        RVC {meta.get('rvc_version', '?')}, {meta.get('sample_rate', '?')} Hz, "

@@ -11,11 +11,6 @@ from collections.abc import Iterator
 
 import numpy as np
 import soundfile as sf
-import torch
-
-from rvc_lora.checkpoint import load_rvc
-from rvc_lora.generator_lora import SynthesizerLoRA
-from rvc_lora.lora import LoRAConfig, lora_layers
 
 
 @contextlib.contextmanager
@@ -42,18 +37,6 @@ def running_server(app, ws_max_size: int = 8 * 1024 * 1024) -> Iterator[str]:
         server.should_exit = True
         thread.join(15)
         sock.close()
-
-
-def make_adapter(model_path, out, seed: int, rank: int = 4, scale: float = 0.3):
-    """A rank-``rank`` adapter on the generator with random non-zero up factors, saved for ``model_path``."""
-    synth = load_rvc(model_path).model
-    host = SynthesizerLoRA(synth, LoRAConfig(rank=rank, alpha=float(rank)), base_desc=str(model_path))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(synth.dec).values():
-            up = layer.lora_up["default"].weight
-            up.copy_(torch.randn(up.shape, generator=gen) * scale)
-    return host.save_adapter(out)
 
 
 def wav_bytes(audio: np.ndarray, sr: int, subtype: str = "FLOAT") -> bytes:

@@ -134,10 +134,37 @@ def test_diff_files(tmp_path):
     assert torch.equal(af.tensors["dec.conv_post.diff"], d) and torch.equal(af.tensors["dec.conv_post.diff_b"], db)
 
 
+def test_lycoris_families_and_dora_are_read_with_their_algorithm(tmp_path):
+    tensors = {
+        "dec.a.hada_w1_a": torch.randn(8, 2), "dec.a.hada_w1_b": torch.randn(2, 12),
+        "dec.a.hada_w2_a": torch.randn(8, 2), "dec.a.hada_w2_b": torch.randn(2, 12), "dec.a.alpha": torch.tensor(1.0),
+        "dec.b.lokr_w1": torch.randn(2, 4), "dec.b.lokr_w2_a": torch.randn(4, 3), "dec.b.lokr_w2_b": torch.randn(3, 6),
+        "dec.b.alpha": torch.tensor(3.0),
+        "dec.c.lokr_w1": torch.randn(2, 2), "dec.c.lokr_w2": torch.randn(4, 4, 3),
+        "dec.d.lora_down.weight": torch.randn(2, 8, 3), "dec.d.lora_up.weight": torch.randn(8, 2, 1),
+        "dec.d.dora_scale": torch.rand(8, 1, 1), "dec.d.diff_b": torch.randn(8),
+    }
+    path = save_adapter(tmp_path / "lyco.safetensors", tensors, {"algorithm": "mixed"}, dtype="fp32")
+    af = read_adapter(path)
+    assert af.modules == {"dec.a": "loha", "dec.b": "lokr", "dec.c": "lokr", "dec.d": "dora"}
+    assert af.ranks() == {"dec.a": 2, "dec.b": 3, "dec.d": 2}  # two full LoKr factors have no rank
+    assert set(af.tensors) == set(tensors) | {"dec.d.alpha"}  # LoRA-family alpha defaults to the rank
+    assert torch.equal(af.tensors["dec.b.lokr_w2_b"], tensors["dec.b.lokr_w2_b"])
+
+
 @pytest.mark.parametrize("tensors,problem", [
     ({"m.lora_down.weight": torch.zeros(2, 3, 1)}, "missing its lora_up"),
     ({"m.lora_down.weight": torch.zeros(2, 3, 1), "m.lora_up.weight": torch.zeros(4, 3, 1)}, "rank mismatch"),
-    ({"m.hada_w1_a": torch.zeros(2, 3)}, "unknown tensor key 'm.hada_w1_a'"),
+    ({"m.oft_blocks": torch.zeros(2, 3)}, "unknown tensor key 'm.oft_blocks'"),
+    ({"m.hada_w1_a": torch.zeros(2, 3)}, "LoHa adapter has no hada_w1_b"),
+    ({"m.hada_w1_a": torch.zeros(4, 2), "m.hada_w1_b": torch.zeros(2, 3), "m.hada_w2_a": torch.zeros(4, 3),
+      "m.hada_w2_b": torch.zeros(2, 3)}, "disagree on the rank"),
+    ({"m.hada_w1_a": torch.zeros(4, 2), "m.hada_w1_b": torch.zeros(2, 3), "m.hada_w2_a": torch.zeros(4, 2),
+      "m.hada_w2_b": torch.zeros(2, 3), "m.hada_t1": torch.zeros(2, 2, 3)}, "Tucker"),
+    ({"m.diff": torch.zeros(2, 2), "m.lokr_w1": torch.zeros(2, 2)}, "mixes several algorithms"),
+    ({"m.lokr_w1": torch.zeros(2, 2), "m.lokr_w2": torch.zeros(2, 2), "m.hada_w1_a": torch.zeros(2, 2)},
+     "mixes several algorithms"),
+    ({"m.lokr_w1": torch.zeros(2, 2)}, "needs lokr_w1"),
     ({"m.alpha": torch.tensor(1.0)}, "neither a diff nor"),
     ({"m.lora_A.x.weight": torch.zeros(2, 3), "m.lora_B.y.weight": torch.zeros(3, 2)}, "several peft"),
 ])

@@ -69,7 +69,7 @@ def test_method_rows_are_added_and_replaced_by_configuration():
 
     names = [m.name for m in METHODS]
     assert {"full", "lora_r4", "lora_r8", "lora_r16", "lora_r8_flow", "lora_r8_speaker", "lora_r8_every2",
-            "lora_r8_every4", "lora_r8_frozen", "lora_r8_mel_only"} == set(names)
+            "lora_r8_every4", "lora_r8_frozen", "lora_r8_mel_only", "loha_r4", "lokr", "dora_r8"} == set(names)
     loha = parse_method("loha_r8=lora.algorithm=loha, lora.rank=8")
     assert loha.overrides == ("lora.algorithm=loha", "lora.rank=8")
     chosen = select(["full", "loha_r8"], [loha])
@@ -78,6 +78,17 @@ def test_method_rows_are_added_and_replaced_by_configuration():
     assert len(replaced) == len(METHODS) and replaced[-1].overrides == ("adapter=none", "optim.lr=2e-4")
     with pytest.raises(ValueError, match="unknown method"):
         select(["lora_r3"], [])
+
+
+def test_every_method_row_composes_into_a_training_config():
+    from quality.methods import METHODS
+
+    from rvc_lora.config import load_config
+
+    for method in METHODS:
+        cfg = load_config(list(method.overrides))
+        if method.name.startswith(("loha", "lokr", "dora")):
+            assert cfg.adapter == "lora" and cfg.lora.algorithm == method.name.split("_")[0], method.name
 
 
 def test_quick_benchmark_runs_end_to_end(tmp_path):

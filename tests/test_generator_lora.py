@@ -279,9 +279,54 @@ def test_trained_speaker_row_is_applied_with_strength_and_removed_exactly(fixtur
     original = target.emb_g.weight.detach().clone()
     host = SynthesizerLoRA(target)
     host.load_adapter(path, strength=0.5, adapter_name="v")
-    assert torch.allclose(target.emb_g.weight[1], original[1] + 0.25)
-    assert torch.equal(target.emb_g.weight[0], original[0])
-    host.remove_adapter("v")
-    assert torch.equal(target.emb_g.weight, original)
+    ids = torch.tensor([0, 1])
+    with torch.no_grad():
+        assert torch.allclose(target.emb_g(ids), torch.stack([original[0], original[1] + 0.25]))
+        host.merge()  # the same merge as every other layer: the row lands in the table
+        assert torch.allclose(target.emb_g.base.weight[1], original[1] + 0.25)
+        assert torch.equal(target.emb_g.base.weight[0], original[0])
+        host.remove_adapter("v")
+        assert torch.equal(target.emb_g.base.weight, original) and torch.equal(target.emb_g(ids), original[ids])
     with pytest.raises(RVCLoraError, match="speaker row"):
         GeneratorLoRA(load_rvc(fixture_model_path).model.dec).load_adapter(path)
+
+
+ALGORITHM_NAMES = ["lora", "loha", "lokr", "dora", "full"]
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_every_algorithm_live_equals_merged_and_unmerge_restores_the_base_bit_for_bit(synth, algorithm):
+    args = _inputs()
+    plain = _run(synth, args)
+    host = SynthesizerLoRA(synth, LoRAConfig(rank=4, alpha=2.0, algorithm=algorithm))
+    g = torch.Generator().manual_seed(5)
+    with torch.no_grad():
+        for p in host.lora_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    base = {n: p.detach().clone() for n, p in synth.named_parameters() if ".adapters." not in n}
+    live = _run(synth, args)
+    assert ((live - plain).norm() / plain.norm()).item() > 1e-3  # the adapter changes the audio
+    host.merge()
+    merged = _run(synth, args)
+    assert ((merged - live).norm() / live.norm()).item() < 1e-5  # measured 0 (same fp32 sums)
+    host.unmerge()
+    assert all(torch.equal(p, base[n]) for n, p in synth.named_parameters() if n in base)
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHM_NAMES)
+def test_every_algorithm_file_merges_into_an_rvc_model_and_inspects(fixture_model_path, tmp_path, algorithm, capsys):
+    synth = load_rvc(fixture_model_path).model
+    host = SynthesizerLoRA(synth, LoRAConfig(rank=4, algorithm=algorithm), base_desc="fixture")
+    g = torch.Generator().manual_seed(6)
+    with torch.no_grad():
+        for p in host.lora_parameters():
+            p.add_(torch.randn(p.shape, generator=g) * 0.05)
+    path = host.save_adapter(tmp_path / f"{algorithm}.safetensors", dtype="fp32")
+    args = _inputs()
+    live = _run(synth, args)
+    out = merge_adapters(fixture_model_path, [(path, 1.0)], tmp_path / "merged.pth")
+    merged = load_rvc(out)
+    assert merged.format == "small"
+    assert (_run(merged.model, args) - live).abs().max() <= 2e-3 * live.abs().max()  # fp16 weights in the file
+    assert main(["inspect", str(path)]) == 0
+    assert f"{'diff' if algorithm == 'full' else algorithm} (" in capsys.readouterr().out

@@ -25,7 +25,7 @@ def test_planted_rank_is_recovered_and_loads_into_layer(kind):
     ex = extract_lowrank(delta, kind, rank=3)
     assert ex.rank == 3 and ex.rel_error < 1e-4
     layer = WRAP[kind](make_base())
-    layer.set_factors("x", ex.down, ex.up, alpha=ex.rank)
+    layer.set_parts("x", {"lora_down": ex.down, "lora_up": ex.up, "alpha": torch.tensor(float(ex.rank))})
     assert ((layer.delta_weight("x") - delta).norm() / delta.norm()).item() < 1e-4
     x = torch.randn(2, 12) if kind == "linear" else torch.randn(2, 12, 9)
     tuned = make_base()
@@ -44,7 +44,7 @@ def test_error_decreases_with_rank(kind):
     # the reported error is the real reconstruction error
     ex = extract_lowrank(delta, kind, rank=2)
     layer = WRAP[kind](CASES[kind][0]())
-    layer.set_factors("x", ex.down, ex.up)
+    layer.set_parts("x", {"lora_down": ex.down, "lora_up": ex.up})
     real = ((layer.delta_weight("x") - delta).norm() / delta.norm()).item()
     assert abs(real - ex.rel_error) < 1e-5
 

@@ -97,6 +97,7 @@ def test_pattern_errors_name_available_modules(toy):
     assert "decoder.*" in str(err.value)
     with pytest.raises(LoRATargetError, match="Embedding"):
         inject_lora(model, LoRAConfig(targets=("emb",)))
+    assert inject_lora(model, LoRAConfig(targets=("emb",), algorithm="full")) == ["emb"]  # a full delta can
 
 
 def test_second_adapter_goes_into_existing_wrappers(toy):
@@ -150,6 +151,24 @@ def test_state_dict_roundtrip_into_a_fresh_tree(toy):
         load_lora_state_dict(fresh, {"dec.nope.lora_down.weight": torch.zeros(1)}, "x", prefix="dec.")
 
 
+@pytest.mark.parametrize("algorithm", ["lora", "loha", "lokr", "dora", "full"])
+def test_every_algorithm_roundtrips_through_its_state_dict_with_its_scale(toy, algorithm):
+    model, x = toy
+    inject_lora(model, LoRAConfig(rank=2, alpha=3.0, rs_lora=True, algorithm=algorithm,
+                                  targets=("ups.*", "resblocks.*", "head")))
+    with torch.no_grad():
+        for p in lora_parameters(model):
+            p.add_(torch.randn_like(p) * 0.2)
+    live = model(x).detach()
+    sd = lora_state_dict(model, prefix="dec.")
+    torch.manual_seed(0)
+    fresh = Toy()
+    load_lora_state_dict(fresh, sd, "voice", prefix="dec.")
+    assert {type(m).__name__ for layer in lora_layers(fresh).values() for m in layer.adapters.values()} == \
+        {type(m).__name__ for layer in lora_layers(model).values() for m in layer.adapters.values()}
+    assert torch.allclose(fresh(x), live, rtol=1e-5, atol=1e-6)  # rsLoRA's alpha / sqrt(r) survives the file
+
+
 def test_parameter_summary_counts(toy):
     model, _ = toy
     inject_lora(model, LoRAConfig(rank=2, targets=("ups.0",)))
@@ -171,3 +190,9 @@ def test_config_defaults_validation_and_dict_roundtrip():
         LoRAConfig(dropout=1.0)
     with pytest.raises(ValueError, match="unknown LoRA config keys"):
         LoRAConfig.from_dict({"rnak": 4})
+    with pytest.raises(ValueError, match="unknown adapter algorithm 'lokra'"):
+        LoRAConfig(algorithm="lokra")
+    with pytest.raises(ValueError, match="dropout applies to lora and dora only"):
+        LoRAConfig(algorithm="loha", dropout=0.1)
+    with pytest.raises(ValueError, match="factor"):
+        LoRAConfig(algorithm="lokr", factor=0)

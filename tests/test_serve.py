@@ -27,7 +27,8 @@ from rvc_lora.serve.service import ServeLimits, load_service  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).parent))
 from audio_fixtures import tone_with_noise_burst  # noqa: E402
-from serve_helpers import make_adapter, read_audio_bytes, running_server, wav_bytes  # noqa: E402
+from serve_helpers import read_audio_bytes, running_server, wav_bytes  # noqa: E402
+from train_helpers import make_adapter  # noqa: E402
 
 SR = 16000
 TOKEN = "test-token-0123"

@@ -79,20 +79,23 @@ def make_adapter(model_path: Path, out: Path, seed: int) -> Path:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(synth.dec).values():
-            up = layer.lora_up["default"].weight
+            up = layer.adapters["default"].lora_up
             up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
     return host.save_adapter(out)
 
 
-def tiny_config(tmp: Path, **trainer: object) -> DictConfig:
-    """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``)."""
+def tiny_config(tmp: Path, groups: tuple[str, ...] = (), **trainer: object) -> DictConfig:
+    """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``).
+
+    ``groups`` are command-line overrides composed first (``lora=loha``); ``trainer`` keys are set after.
+    """
     from rvc_lora.config import load_config
 
     overrides = [
         "model=tiny", f"data.experiment_dir={tmp / 'exp'}", "data.name=tiny", f"run_dir={tmp / 'run'}",
         f"base.g={tmp / 'G.pth'}", "trainer.batch_size=2", "trainer.max_steps=4", "trainer.log_interval=1",
         "trainer.validation_interval=2", "trainer.checkpoint_interval=2", "trainer.discriminator=mel_only",
-        "logging.audio_clips=1", "lora.rank=2", "lora.alpha=2", "trainer.segment_frames=8",
+        "logging.audio_clips=1", "lora.rank=2", "lora.alpha=2", "trainer.segment_frames=8", *groups,
     ]
     cfg = load_config(overrides)
     OmegaConf.set_struct(cfg, False)

@@ -58,7 +58,7 @@ def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for layer in lora_layers(synth.dec).values():
-            up = layer.lora_up["default"].weight
+            up = layer.adapters["default"].lora_up
             up.copy_(torch.randn(up.shape, generator=gen) * 1e-3)
     return host.save_adapter(out)
 

@@ -1,9 +1,9 @@
 """``Converter``: an RVC model (optionally plus LoRA adapters) ready to convert audio, with fast adapter swaps.
 
 The synthesizer is loaded once; weight norm in the generator and the flow is folded into plain weights
-at load (no weight-norm hooks on the hot path). Adapters are merged with their strengths into those
-plain weights (no LoRA wrappers on the hot path either); ``set_adapters`` rewrites the adapted weights
-from a kept copy of the folded base, so a swap costs one pass over them instead of a model reload.
+at load (no weight-norm hooks on the hot path). Adapters (any algorithm) are merged with their strengths
+into those weights by the adapter layers' own merge; ``set_adapters`` restores the kept copy of the folded
+base and merges the new set, so a swap costs one pass over the adapted weights instead of a model reload.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import torch
 
 from rvc_lora.checkpoint import load_rvc
 from rvc_lora.generator_lora import SynthesizerLoRA
-from rvc_lora.infer.adapters import AdapterMerger
+from rvc_lora.infer.adapters import AdapterFileCache
 from rvc_lora.infer.pipeline import (
     SAMPLE_RATE,
     ConvertOptions,
@@ -127,7 +127,9 @@ class Converter:
             self.load_index(index)
         self.times = StageTimes()
         self.adapters: list[tuple[Path, float]] = []
-        self._merger = AdapterMerger(self.synth, host.fingerprint, str(model), self.device)
+        self._host = host
+        self._files = AdapterFileCache()
+        self._names: list[str] = []  # the host's names of the active adapters, in order
         if adapters:
             self.set_adapters(adapters, force=force)
 
@@ -136,12 +138,13 @@ class Converter:
         """Make ``adapters`` (paths / "path:strength" / (path, strength)) the active set, merged.
 
         The base is not reloaded: the adapted weights are rewritten from a kept copy of the folded base
-        plus each adapter's delta times its strength (adapter files are compiled once and cached). An
+        plus each adapter's delta times its strength (adapter files are read once and cached). An
         empty list returns to the plain base. On an error (bad file, wrong base) nothing changes.
         """
         specs = _adapter_list(adapters, force)
-        compiled = [(self._merger.load(path, force=force), strength) for path, strength in specs]
-        self._merger.apply(compiled)
+        files = [self._files.read(path) for path, _ in specs]
+        self._names = self._host.replace_adapters(
+            [(file, strength) for file, (_, strength) in zip(files, specs, strict=True)], force=force)
         self.adapters = specs
 
     def set_strength(self, position: int, strength: float, force: bool = False) -> None:
@@ -155,23 +158,22 @@ class Converter:
         if not 0 <= position < len(self.adapters):
             raise RVCLoraError(f"no active adapter at position {position} ({len(self.adapters)} active)")
         strength = check_strength(strength, self.adapters[position][0], force)
-        active = list(self._merger.active)
-        active[position] = (active[position][0], strength)
-        self._merger.apply(active)
+        self._host.set_strength(self._names[position], strength)
         self.adapters[position] = (self.adapters[position][0], strength)
 
     def check_adapter(self, path: str | os.PathLike, force: bool = False) -> None:
         """Check an adapter file as :meth:`set_adapters` would (readable, base fingerprint, shapes) without
         applying it; raises RVCLoraError naming the file."""
-        self._merger.load(path, force=force)
+        name = self._host.load_adapter(self._files.read(path), 0.0, "__check__", force=force)
+        self._host.remove_adapter(name)
 
     def base_fingerprint(self, module_paths: Iterable[str]) -> str:
         """This model's base fingerprint over ``module_paths`` (what an adapter file stores)."""
-        return self._merger.fingerprint(sorted(module_paths))
+        return self._host.fingerprint(module_paths)
 
     def adapter_cache_stats(self) -> tuple[int, int]:
-        """(hits, misses) of the compiled-adapter cache since load: a miss reads and compiles a file."""
-        return self._merger.cache_hits, self._merger.cache_misses
+        """(hits, misses) of the adapter file cache since load: a miss reads and decodes a file."""
+        return self._files.hits, self._files.misses
 
     # -- pitch method -------------------------------------------------------------------------------
     def set_f0_method(self, method: str) -> None:

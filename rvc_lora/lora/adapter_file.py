@@ -1,7 +1,11 @@
-"""Adapter files: safetensors with kohya-style keys and JSON metadata; readers for peft and diff files.
+"""Adapter files: safetensors with kohya / LyCORIS keys and JSON metadata; readers for peft and diff files.
 
-Our keys per module path ``m``: ``m.lora_down.weight``, ``m.lora_up.weight``, ``m.alpha`` (0-d fp32),
-or a full delta ``m.diff`` (shape of the base weight), plus an optional bias delta ``m.diff_b``.
+Our keys per module path ``m``: LoRA ``m.lora_down.weight``, ``m.lora_up.weight``, ``m.alpha`` (0-d fp32)
+(DoRA adds ``m.dora_scale``); LoHa ``m.hada_w1_a`` ... ``m.hada_w2_b`` + ``m.alpha``; LoKr ``m.lokr_w1``
+(or ``_a``/``_b``), ``m.lokr_w2`` (or ``_a``/``_b``) + ``m.alpha``; or a full delta ``m.diff`` (shape of the
+base weight); plus an optional bias delta ``m.diff_b``. The metadata's ``algorithm`` names the algorithm
+an adapter was trained with. Every floating tensor and alpha must be finite.
+
 Also read: peft's ``m.lora_A.weight`` / ``m.lora_B.weight`` and ``m.lora_A.<adapter>.weight`` (a leading
 ``base_model.model.`` is dropped). peft keeps the scale outside the tensors, in the ``adapter_config.json``
 that ``save_pretrained`` writes beside ``adapter_model.safetensors``: ``lora_alpha`` and ``r`` (per module
@@ -26,13 +30,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 
 from ..utils import RVCLoraError, atomic_write
+from .algorithms import ALGORITHMS, algorithm_of, part_key, split_key
 
 FORMAT_NAME = "rvc-lora"
 FORMAT_VERSION = "1"
 DTYPES = {"fp16": torch.float16, "fp32": torch.float32, "bf16": torch.bfloat16}
 
-_OURS = {".lora_down.weight": "lora_down", ".lora_up.weight": "lora_up", ".alpha": "alpha",
-         ".diff": "diff", ".diff_b": "diff_b"}
 _PEFT = re.compile(r"^(?P<module>.+)\.lora_(?P<ab>[AB])(?:\.(?P<adapter>[^.]+))?\.weight$")
 _PEFT_PREFIX = "base_model.model."
 PEFT_CONFIG = "adapter_config.json"
@@ -46,12 +49,18 @@ class AdapterFile:
     path: Path
     tensors: dict[str, torch.Tensor]
     metadata: dict[str, Any] = field(default_factory=dict)
-    modules: dict[str, str] = field(default_factory=dict)  # module path -> "lora" | "diff"
+    modules: dict[str, str] = field(default_factory=dict)  # module path -> algorithm ("lora", "diff", "loha" ...)
 
     def ranks(self) -> dict[str, int]:
-        """Rank of each low-rank module."""
-        return {m: int(self.tensors[f"{m}.lora_down.weight"].shape[0])
-                for m, k in self.modules.items() if k == "lora"}
+        """Rank of each module that has one (LoKr with two full factors and full deltas have none)."""
+        ranks = {}
+        for module, kind in self.modules.items():
+            cls = ALGORITHMS.get(kind)
+            if cls is not None:
+                parts = {p: self.tensors[part_key(module, p)] for p in cls.part_names
+                         if part_key(module, p) in self.tensors}
+                ranks[module] = cls.rank_of(parts)
+        return {module: rank for module, rank in ranks.items() if rank}
 
 
 def save_adapter(path: str | os.PathLike, tensors: dict[str, torch.Tensor], metadata: dict[str, Any],
@@ -176,7 +185,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         split = _split_key(key)
         if split is None:
             raise fail(f"unknown tensor key '{key}' (expected .lora_down.weight, .lora_up.weight, "
-                       ".alpha, .diff, .diff_b or peft .lora_A/.lora_B)")
+                       ".alpha, .diff, .diff_b, LyCORIS .hada_*/.lokr_*/.dora_scale or peft .lora_A/.lora_B)")
         if t.is_floating_point() and not bool(torch.isfinite(t).all()):
             raise fail(f"tensor '{key}' holds NaN or infinite values; the adapter is damaged (export it again, "
                        "e.g. by re-running its training, which resumes from the last checkpoint)")
@@ -199,6 +208,7 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
         if "diff" in p:
             if has_lora or "alpha" in p:
                 raise fail(f"module '{module}' mixes a full diff with low-rank factors")
+            _check_family(ALGORITHMS["full"], module, p, fail)
             modules[module] = "diff"
             tensors[f"{module}.diff"] = p["diff"]
         elif has_lora:
@@ -228,6 +238,14 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
             tensors[f"{module}.alpha"] = torch.tensor(alpha, dtype=torch.float32)
             if not math.isfinite(alpha):  # values are checked too, not only keys and shapes
                 raise fail(f"module '{module}' alpha is {alpha}, not a finite number")
+            if "dora_scale" in p:
+                modules[module] = "dora"
+                tensors[f"{module}.dora_scale"] = p["dora_scale"]
+            _check_family(ALGORITHMS[modules[module]], module, p, fail)
+        elif (family := algorithm_of(p)) is not None:  # LyCORIS LoHa / LoKr
+            _check_family(family, module, p, fail)
+            modules[module] = family.algorithm
+            tensors.update({part_key(module, part): t for part, t in p.items() if part != "diff_b"})
         else:
             raise fail(f"module '{module}' has {sorted(p)} but neither a diff nor a lora_down/lora_up pair")
         if "diff_b" in p:
@@ -239,11 +257,19 @@ def read_adapter(path: str | os.PathLike) -> AdapterFile:
     return AdapterFile(path=path, tensors=tensors, metadata=meta, modules=modules)
 
 
+def _check_family(family, module: str, parts: dict[str, torch.Tensor], fail) -> None:
+    """The algorithm's own consistency checks (no mixed families, agreeing ranks) as a file error."""
+    try:
+        family.check_parts(module, parts)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+
+
 def _split_key(key: str) -> tuple[str, str, str | None] | None:
     """``(module, part, peft adapter name or None)`` for a tensor key, or None if unknown."""
-    for suf, part in _OURS.items():
-        if key.endswith(suf) and len(key) > len(suf):
-            return key[: -len(suf)], part, None
+    ours = split_key(key)
+    if ours is not None:
+        return ours[0], ours[1], None
     m = _PEFT.match(key)
     if m is None:
         return None

@@ -1,6 +1,6 @@
-"""Truncated-SVD extraction of a weight delta into LoRA factors in the layouts of ``layers.py``.
+"""Truncated-SVD extraction of a weight delta into LoRA factors in the layouts of ``algorithms/lora.py``.
 
-Factors are returned for ``alpha = rank`` (scale 1): loading them with ``set_factors(name, down, up)``
+Factors are returned for ``alpha = rank`` (scale 1): loading them as ``lora_down``/``lora_up`` parts
 reproduces the rank-r approximation of the delta.
 """
 

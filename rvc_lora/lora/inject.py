@@ -1,8 +1,9 @@
-"""Put LoRA wrappers into any module tree by name pattern, and take them out again.
+"""Put adapter wrappers into any module tree by name pattern, and take them out again.
 
 Module names are the qualified names of ``root.named_modules()`` (``"ups.0"``, ``"resblocks.3.convs1.1"``);
 target patterns are ``fnmatch`` globs on them (``*`` also matches dots). Containers that match a pattern
-are passed over; a matched module that holds weights but is not Conv1d / ConvTranspose1d / Linear is refused.
+are passed over; a matched module that holds weights but that the algorithm cannot adapt is refused
+(every algorithm adapts Conv1d / ConvTranspose1d / Linear; a full delta also an Embedding).
 """
 
 from __future__ import annotations
@@ -14,8 +15,9 @@ import torch
 from torch import nn
 
 from ..utils import RVCLoraError
+from .algorithms import ALGORITHMS, part_key, split_key
 from .config import LoRAConfig
-from .layers import LORA, LoRALayer, wrapper_for
+from .layers import FORWARD_MODES, LoRALayer, wrapper_for
 from .weight_norm import fold_weight_norm as _fold
 from .weight_norm import has_weight_norm
 
@@ -63,13 +65,21 @@ def _wrap(root: nn.Module, qname: str, module: nn.Module, fold: bool) -> LoRALay
     return layer
 
 
-def find_targets(root: nn.Module, patterns: tuple[str, ...] | list[str]) -> list[str]:
-    """Qualified names of the supported modules matched by ``patterns`` (in tree order).
+def _adaptable(module: nn.Module, kinds: frozenset[str]) -> bool:
+    wrapper = type(module) if isinstance(module, LoRALayer) else wrapper_for(module)
+    return wrapper is not None and wrapper.kind in kinds
 
-    Raises ``LoRATargetError`` if a pattern matches nothing or matches an unsupported module with weights.
+
+def find_targets(root: nn.Module, patterns: tuple[str, ...] | list[str], algorithm: str = "lora") -> list[str]:
+    """Qualified names of the modules matched by ``patterns`` that ``algorithm`` adapts (in tree order).
+
+    Raises ``LoRATargetError`` if a pattern matches nothing or matches a module with weights that the
+    algorithm cannot adapt.
     """
     if not patterns:
         raise LoRATargetError("no LoRA target patterns given")
+    kinds = ALGORITHMS[algorithm].kinds
+    supported = "Conv1d, ConvTranspose1d, Linear" + (" and Embedding" if "embedding" in kinds else "")
     cands = _candidates(root)
     chosen: dict[str, None] = {}
     for pat in patterns:
@@ -77,34 +87,34 @@ def find_targets(root: nn.Module, patterns: tuple[str, ...] | list[str]) -> list
         for qname, module in cands:
             if not fnmatchcase(qname, pat):
                 continue
-            if isinstance(module, LoRALayer) or wrapper_for(module) is not None:
+            if _adaptable(module, kinds):
                 chosen[qname] = None
                 hits += 1
             elif any(True for _ in module.parameters(recurse=False)):
                 raise LoRATargetError(
-                    f"pattern '{pat}' matches '{qname}', a {type(module).__name__}; LoRA supports only "
-                    "Conv1d, ConvTranspose1d and Linear"
+                    f"pattern '{pat}' matches '{qname}', a {type(module).__name__}; {algorithm} adapts only "
+                    f"{supported}"
                 )
         if hits == 0:
-            names = [q for q, m in cands if isinstance(m, LoRALayer) or wrapper_for(m) is not None]
+            names = [q for q, m in cands if _adaptable(m, kinds)]
             shown = ", ".join(names[:8]) + (", ..." if len(names) > 8 else "")
-            raise LoRATargetError(f"LoRA target pattern '{pat}' matches no Conv1d/ConvTranspose1d/Linear "
-                                  f"module; available: {shown or 'none'}")
+            raise LoRATargetError(f"LoRA target pattern '{pat}' matches no {supported} module; "
+                                  f"available: {shown or 'none'}")
     order = {q: i for i, (q, _) in enumerate(cands)}
     return sorted(chosen, key=order.__getitem__)
 
 
 def inject_lora(root: nn.Module, config: LoRAConfig, adapter_name: str = "default",
                 fold_weight_norm: bool = True) -> list[str]:
-    """Wrap every module matched by ``config.targets`` and add adapter ``adapter_name`` to it.
+    """Wrap every module matched by ``config.targets`` and add a fresh ``config.algorithm`` adapter to it.
 
     Weight norm on a target is folded first. Modules already wrapped get one more adapter. The base
     parameters of wrapped modules are frozen. Returns the qualified names adapted.
     """
-    names = find_targets(root, config.targets)
+    names = find_targets(root, config.targets, config.algorithm)
     for qname in names:
         layer = _wrap(root, qname, root.get_submodule(qname), fold_weight_norm)
-        layer.add_adapter(adapter_name, config.rank, config.alpha, config.dropout, config.rs_lora)
+        layer.add_adapter(adapter_name, config)
     return names
 
 
@@ -114,14 +124,12 @@ def lora_layers(root: nn.Module) -> dict[str, LoRALayer]:
 
 
 def lora_parameters(root: nn.Module, adapter_name: str | None = None) -> list[nn.Parameter]:
-    """Adapter parameters (factors, diffs, bias deltas) of one adapter, or of all if None."""
+    """Adapter parameters (factors, diffs, magnitudes, bias deltas) of one adapter, or of all if None."""
     params: list[nn.Parameter] = []
     for layer in lora_layers(root).values():
-        for container in (layer.lora_down, layer.lora_up, layer.lora_diff, layer.lora_bias):
-            for name in list(container.keys()):
-                if adapter_name is None or name == adapter_name:
-                    item = container[name]
-                    params.extend(item.parameters() if isinstance(item, nn.Module) else [item])
+        for name, adapter in layer.adapters.items():
+            if adapter_name is None or name == adapter_name:
+                params.extend(adapter.parameters())
     return params
 
 
@@ -138,43 +146,30 @@ def freeze_non_lora(root: nn.Module) -> int:
 
 def lora_state_dict(root: nn.Module, adapter_name: str = "default",
                     prefix: str = "") -> dict[str, torch.Tensor]:
-    """Adapter tensors under kohya-style keys: ``<prefix><path>.lora_down.weight``, ``.lora_up.weight``,
-    ``.alpha`` (0-d fp32, scale x rank); diff adapters give ``<path>.diff``; bias deltas ``<path>.diff_b``."""
+    """Adapter tensors under adapter-file keys ``<prefix><path><suffix>``: kohya's ``.lora_down.weight``,
+    ``.lora_up.weight``, ``.alpha`` (0-d fp32) for LoRA, LyCORIS' ``.hada_w1_a`` ... ``.lokr_w1`` ...
+    ``.dora_scale`` for the others, ``.diff`` for full deltas, ``.diff_b`` for bias deltas."""
     out: dict[str, torch.Tensor] = {}
     found = False
     for qname, layer in lora_layers(root).items():
-        if adapter_name not in layer.kind:
+        if adapter_name not in layer.adapters:
             continue
         found = True
-        key = f"{prefix}{qname}"
-        if layer.kind[adapter_name] == LORA:
-            out[f"{key}.lora_down.weight"] = layer.lora_down[adapter_name].weight.detach().clone()
-            out[f"{key}.lora_up.weight"] = layer.lora_up[adapter_name].weight.detach().clone()
-            # kohya's convention: scale = alpha / rank, so an rsLoRA adapter (alpha / sqrt(rank)) stores
-            # the alpha that gives its scale under that rule.
-            kohya_alpha = layer.scale[adapter_name] * layer.rank[adapter_name]
-            out[f"{key}.alpha"] = torch.tensor(kohya_alpha, dtype=torch.float32)
-        else:
-            out[f"{key}.diff"] = layer.lora_diff[adapter_name].detach().clone()
-        if adapter_name in layer.lora_bias:
-            out[f"{key}.diff_b"] = layer.lora_bias[adapter_name].detach().clone()
+        for part, t in layer.adapters[adapter_name].parts().items():
+            out[part_key(f"{prefix}{qname}", part)] = t.detach().clone()
     if not found:
         raise KeyError(f"no LoRA layer holds an adapter named '{adapter_name}'")
     return out
 
 
 def group_adapter_tensors(tensors: dict[str, torch.Tensor]) -> dict[str, dict[str, torch.Tensor]]:
-    """Split ``{<path>.<part>: tensor}`` by module path; parts: lora_down, lora_up, alpha, diff, diff_b."""
-    suffixes = {".lora_down.weight": "lora_down", ".lora_up.weight": "lora_up", ".alpha": "alpha",
-                ".diff": "diff", ".diff_b": "diff_b"}
+    """Split ``{<path><suffix>: tensor}`` by module path into ``{path: {part: tensor}}`` (see ``split_key``)."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, t in tensors.items():
-        for suf, part in suffixes.items():
-            if key.endswith(suf):
-                groups.setdefault(key[: -len(suf)], {})[part] = t
-                break
-        else:
+        split = split_key(key)
+        if split is None:
             raise ValueError(f"adapter tensor '{key}' has an unknown suffix")
+        groups.setdefault(split[0], {})[split[1]] = t
     return groups
 
 
@@ -204,19 +199,12 @@ def load_lora_state_dict(root: nn.Module, tensors: dict[str, torch.Tensor], adap
 
 
 def set_adapter_parts(layer: LoRALayer, adapter_name: str, parts: dict[str, torch.Tensor]) -> None:
-    """Give ``layer`` adapter ``adapter_name`` from one module's parts (see ``group_adapter_tensors``):
-    a full ``diff`` or a ``lora_down``/``lora_up`` pair (optional ``alpha``), plus an optional ``diff_b``."""
-    qname = layer.label
-    if "diff" in parts and ("lora_down" in parts or "lora_up" in parts):
-        raise LoRATargetError(f"module '{qname}' has both a full diff and low-rank factors")
-    if "diff" in parts:
-        layer.set_diff(adapter_name, parts["diff"], parts.get("diff_b"))
-    elif "lora_down" in parts and "lora_up" in parts:
-        alpha = parts.get("alpha")
-        layer.set_factors(adapter_name, parts["lora_down"], parts["lora_up"],
-                          None if alpha is None else float(alpha), parts.get("diff_b"))
-    else:
-        raise LoRATargetError(f"module '{qname}' has an incomplete adapter: parts {sorted(parts)}")
+    """Give ``layer`` adapter ``adapter_name`` from one module's parts (see ``group_adapter_tensors``);
+    the algorithm is recognised from the parts. ``LoRATargetError`` naming the module if they do not fit."""
+    try:
+        layer.set_parts(adapter_name, parts)
+    except ValueError as exc:
+        raise LoRATargetError(str(exc)) from None
 
 
 def merge_lora(root: nn.Module) -> None:
@@ -234,15 +222,23 @@ def unmerge_lora(root: nn.Module) -> None:
 def set_adapters_enabled(root: nn.Module, enabled: bool, adapter_name: str | None = None) -> None:
     """Enable or disable one adapter (or all) in every LoRA layer."""
     for layer in lora_layers(root).values():
-        if adapter_name is not None and adapter_name not in layer.kind:
+        if adapter_name is not None and adapter_name not in layer.adapters:
             continue
         (layer.enable if enabled else layer.disable)(adapter_name)
+
+
+def set_forward_mode(root: nn.Module, mode: str) -> None:
+    """``"auto"`` (default), ``"rebuild"`` or ``"bypass"`` for every LoRA layer (see ``layers``)."""
+    if mode not in FORWARD_MODES:
+        raise ValueError(f"forward mode must be one of {FORWARD_MODES}, got {mode!r}")
+    for layer in lora_layers(root).values():
+        layer.forward_mode = mode
 
 
 def set_adapter_strength(root: nn.Module, adapter_name: str, strength: float) -> None:
     """Set the strength of ``adapter_name`` in every layer holding it."""
     for layer in lora_layers(root).values():
-        if adapter_name in layer.kind:
+        if adapter_name in layer.adapters:
             layer.set_strength(adapter_name, strength)
 
 

@@ -1,42 +1,60 @@
-"""LoRA wrappers around a frozen ``nn.Conv1d`` / ``nn.ConvTranspose1d`` / ``nn.Linear``.
+"""Adapter wrappers around a frozen ``nn.Conv1d`` / ``nn.ConvTranspose1d`` / ``nn.Linear`` / ``nn.Embedding``.
 
-Each wrapper holds the original module as ``base`` and any number of named adapters. An adapter is
-either low-rank (``lora``: ``down``/``up`` factors, a scale ``alpha / rank``) or a full weight delta
-(``diff``), optionally with a bias delta, and has a ``strength`` and an enabled flag::
+A wrapper holds the original module as ``base`` and any number of named adapters of any algorithm
+(``rvc_lora.lora.algorithms``), each with a ``strength`` and an enabled flag. Its output is the base
+operation with the weight (and bias)
 
-    y = base(x) + sum_a strength_a * scale_a * up_a(down_a(dropout_a(x)))   (+ strength_a * bias_a)
+    W_eff = W + sum_a strength_a * dW_a        b_eff = b + sum_a strength_a * db_a
 
-over enabled adapters that are not merged. Weight layouts (``r`` = rank):
+over enabled adapters. Two ways to compute it, chosen per forward (``forward_mode``):
 
-* Conv1d, base ``[O, I, K]``: down ``[r, I, K]`` (same K/stride/padding/dilation), up ``[O, r, 1]``;
-  delta ``[o, i, k] = sum_j up[o, j] * down[j, i, k]``.
-* ConvTranspose1d, base ``[I, O, K]``: down is a 1x1 Conv1d ``[r, I, 1]`` applied first, up a real
-  ConvTranspose1d ``[r, O, K]`` (same K/stride/padding/output_padding/dilation);
-  delta ``[i, o, k] = sum_j down[j, i] * up[j, o, k]``.
-* Linear, base ``[O, I]``: down ``[r, I]``, up ``[O, r]``; delta = up @ down.
+* **rebuild**: ``effective_weight()`` builds ``W_eff`` once (a few MB, whatever the signal length) and one
+  operation runs: the cost of a merged model. Used for inference (no gradients).
+* **bypass**: the base runs unchanged and each adapter adds its branch computed on the activations
+  (LoRA: ``up(down(x))``; other algorithms run their delta as a second operation); needed for input
+  dropout. For training LoRA, ``auto`` picks per layer kind whichever ``tools/bench_lora.py`` measured
+  faster (``TRAINING_MODE``); the other algorithms always train in rebuild mode.
+
+``merge()`` writes ``W_eff`` into the base weight (summed in fp32 at least, so live and merged agree);
+``unmerge()`` restores the kept pre-merge weight bit for bit. Deltas are always taken against that original
+base, so merged and live adapters can be mixed in any order.
 """
 
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import lora_scale
+from .algorithms import ALGORITHMS, AdapterModule, algorithm_of
+from .config import LoRAConfig
 from .weight_norm import has_weight_norm
 
-LORA = "lora"
-DIFF = "diff"
+FORWARD_MODES = ("auto", "rebuild", "bypass")
+# Training (gradients on) with forward_mode="auto": which mode per layer kind, as measured by
+# tools/bench_lora.py on the v2 40k generator's layers (tools/results/bench_lora.txt).
+TRAINING_MODE = {"conv1d": "rebuild", "conv_transpose1d": "rebuild", "linear": "rebuild", "embedding": "rebuild"}
+
+
+def accumulate(target: torch.Tensor, terms: list[tuple[AdapterModule, float]], base_weight: torch.Tensor,
+               bias: torch.Tensor | None = None) -> None:
+    """``target += sum(strength * dW)`` (and ``bias += sum(strength * db)``) in place, deltas taken against
+    ``base_weight``: the one place adapter deltas are added, for rebuilt and for merged weights."""
+    for adapter, strength in terms:
+        adapter.add_delta_(target, strength, base_weight)
+        if bias is not None and adapter.diff_b is not None:
+            bias.add_(adapter.diff_b.to(bias.dtype), alpha=strength)
 
 
 class LoRALayer(nn.Module):
-    """Common machinery; subclasses define the factor shapes and the functional op of the base."""
+    """Common machinery; subclasses name the wrapped class and define its operation with another weight."""
 
     base_class: type[nn.Module] = nn.Module
+    kind = ""
+    out_dim = 0
 
     def __init__(self, base: nn.Module, name: str = "") -> None:
         super().__init__()
@@ -50,21 +68,14 @@ class LoRALayer(nn.Module):
         self._base_requires_grad = {n: p.requires_grad for n, p in base.named_parameters()}
         for p in base.parameters():
             p.requires_grad_(False)
-        self.lora_down = nn.ModuleDict()
-        self.lora_up = nn.ModuleDict()
-        self.lora_dropout = nn.ModuleDict()
-        self.lora_diff = nn.ParameterDict()
-        self.lora_bias = nn.ParameterDict()
-        self.kind: dict[str, str] = {}
-        self.rank: dict[str, int] = {}
-        self.alpha: dict[str, float] = {}
-        self.scale: dict[str, float] = {}
+        self.adapters = nn.ModuleDict()
         self.strength: dict[str, float] = {}
         self.enabled: dict[str, bool] = {}
         self.merged: dict[str, float] = {}  # adapter name -> strength it was merged with
+        self.forward_mode = "auto"
         self._premerge: tuple[torch.Tensor, torch.Tensor | None] | None = None
 
-    # ---- hooks for subclasses -------------------------------------------------------------
+    # ---- the wrapped operation (subclasses) -------------------------------------------------
     def _check_supported(self, base: nn.Module, name: str) -> None:
         label = name or type(base).__name__
         if getattr(base, "groups", 1) != 1:
@@ -77,30 +88,25 @@ class LoRALayer(nn.Module):
         if mode != "zeros":
             raise ValueError(f"LoRA does not support padding_mode='{mode}' in '{label}' (only 'zeros')")
 
-    def _make_factors(self, rank: int) -> tuple[nn.Module, nn.Module]:
+    def op(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, *args, **kwargs) -> torch.Tensor:
+        """The base module's operation with ``weight`` / ``bias`` in place of its own."""
         raise NotImplementedError
 
-    def _factor_product(self, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        """Unscaled weight delta (shape of ``base.weight``) from the factor weights."""
-        raise NotImplementedError
+    def channel_view(self, v: torch.Tensor) -> torch.Tensor:
+        """A per-output-channel ``[O]`` vector shaped to broadcast over the output ``[B, O, T]``."""
+        return v.view(-1, 1)
 
-    def _apply_weight(self, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None,
-                      **kwargs) -> torch.Tensor:
-        """The base module's operation with another weight (used by diff adapters)."""
-        raise NotImplementedError
+    @property
+    def weight(self) -> torch.Tensor:
+        """The base module's weight as stored (merged adapters included, live ones not), for code that
+        reads ``module.weight`` (shapes, dtypes)."""
+        return self.base.weight
 
-    def _run_factors(self, name: str, x: torch.Tensor, **kwargs) -> torch.Tensor:
-        return self.lora_up[name](self.lora_down[name](x))
+    @property
+    def bias(self) -> torch.Tensor | None:
+        return getattr(self.base, "bias", None)
 
-    def _bias_shape(self) -> tuple[int, ...]:
-        b = self.base
-        return (b.out_features if isinstance(b, nn.Linear) else b.out_channels,)
-
-    def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:
-        """Bias ``[O]`` shaped to broadcast over the output (``[O, 1]`` for convs)."""
-        return bias.view(-1, 1)
-
-    # ---- adapter management ---------------------------------------------------------------
+    # ---- adapter management -----------------------------------------------------------------
     @property
     def label(self) -> str:
         """Qualified module name if known (for messages), else the base class name."""
@@ -108,131 +114,73 @@ class LoRALayer(nn.Module):
 
     @property
     def adapter_names(self) -> list[str]:
-        return list(self.kind)
+        return list(self.adapters)
 
     def _check_new_name(self, name: str) -> None:
         if not name or "." in name:
             raise ValueError(f"adapter name must be non-empty and without dots, got {name!r}")
 
-    def _register(self, name: str, kind: str, rank: int, alpha: float, scale: float) -> None:
-        self.kind[name] = kind
-        self.rank[name] = rank
-        self.alpha[name] = alpha
-        self.scale[name] = scale
+    def _insert(self, name: str, module: AdapterModule) -> None:
+        self._drop(name)
+        self.adapters[name] = module
         self.strength.setdefault(name, 1.0)
         self.enabled.setdefault(name, True)
 
-    def add_adapter(self, name: str, rank: int, alpha: float | None = None, dropout: float = 0.0,
-                    rs_lora: bool = False) -> None:
-        """Add a fresh low-rank adapter: ``down`` kaiming-uniform, ``up`` zero (exact identity)."""
+    def add_adapter(self, name: str, config: LoRAConfig) -> None:
+        """Add a fresh adapter of ``config.algorithm`` whose delta is exactly zero (for training)."""
         self._check_new_name(name)
-        if name in self.kind:
+        if name in self.adapters:
             raise ValueError(f"adapter '{name}' already exists in '{self.label}'")
-        if not 0.0 <= dropout < 1.0:
-            raise ValueError(f"LoRA dropout must be in [0, 1), got {dropout}")
-        scale = lora_scale(rank, alpha, rs_lora)
-        down, up = self._make_factors(rank)
-        nn.init.kaiming_uniform_(down.weight, a=math.sqrt(5))
-        nn.init.zeros_(up.weight)
-        self.lora_down[name] = down
-        self.lora_up[name] = up
-        self.lora_dropout[name] = nn.Dropout(dropout) if dropout > 0 else nn.Identity()
-        self._register(name, LORA, rank, float(rank) if alpha is None else float(alpha), scale)
+        self._insert(name, ALGORITHMS[config.algorithm].fresh(self, config))
 
-    def set_factors(self, name: str, down: torch.Tensor, up: torch.Tensor, alpha: float | None = None,
-                    bias: torch.Tensor | None = None) -> None:
-        """Create or replace adapter ``name`` from raw factors (layouts in the module docstring).
-
-        ``alpha=None`` means ``alpha = rank``. For 1x1 factors a missing trailing kernel dim is accepted.
-        """
+    def set_parts(self, name: str, parts: dict[str, torch.Tensor]) -> None:
+        """Create or replace adapter ``name`` from one module's adapter-file parts; the algorithm is
+        recognised from them (``lora_down``/``lora_up`` [+ ``dora_scale``], ``hada_*``, ``lokr_*``, ``diff``),
+        and ``diff_b`` adds a bias delta. ValueError (naming the module) if they do not fit this layer."""
         self._check_new_name(name)
-        rank = int(down.shape[0])
-        self._drop(name)
-        self.add_adapter(name, rank, alpha)
-        label = self.label
-        for part, t in (("lora_down", down), ("lora_up", up)):
-            target = getattr(self, part)[name].weight
-            t = t.detach()
-            if tuple(t.shape) != tuple(target.shape):
-                if t.numel() == target.numel() and tuple(t.shape) == tuple(target.shape[:-1]) \
-                        and target.shape[-1] == 1:
-                    t = t.reshape(target.shape)
-                else:
-                    self._drop(name)
-                    raise ValueError(f"'{label}': {part} has shape {tuple(t.shape)}, expected "
-                                     f"{tuple(target.shape)} for adapter '{name}'")
-            with torch.no_grad():
-                target.copy_(t.to(dtype=target.dtype, device=target.device))
-        if bias is not None:
-            self._set_bias(name, bias)
-
-    def set_diff(self, name: str, diff_weight: torch.Tensor, diff_bias: torch.Tensor | None = None) -> None:
-        """Create or replace a full-delta adapter: adds ``strength * op(x, diff_weight)`` (+ bias)."""
-        self._check_new_name(name)
-        w = self.base.weight
-        label = self.label
-        if tuple(diff_weight.shape) != tuple(w.shape):
-            raise ValueError(
-                f"'{label}': diff has shape {tuple(diff_weight.shape)}, expected {tuple(w.shape)}"
-            )
-        self._drop(name)
-        self.lora_diff[name] = nn.Parameter(diff_weight.detach().to(dtype=w.dtype, device=w.device).clone())
-        self._register(name, DIFF, 0, 1.0, 1.0)
-        if diff_bias is not None:
-            self._set_bias(name, diff_bias)
-
-    def _set_bias(self, name: str, bias: torch.Tensor) -> None:
-        label = self.label
-        if self.base.bias is None:
-            self._drop(name)
-            raise ValueError(f"'{label}' has no bias, so a bias delta (diff_b) cannot be applied")
-        if tuple(bias.shape) != self._bias_shape():
-            self._drop(name)
-            raise ValueError(
-                f"'{label}': bias delta has shape {tuple(bias.shape)}, expected {self._bias_shape()}"
-            )
-        b = self.base.bias
-        self.lora_bias[name] = nn.Parameter(bias.detach().to(dtype=b.dtype, device=b.device).clone())
+        cls = algorithm_of(parts)
+        if cls is None:
+            raise ValueError(f"'{self.label}' has an incomplete adapter: parts {sorted(parts)}")
+        module = cls.from_parts(self, parts)
+        if "diff_b" in parts:
+            module.set_bias_delta(self, parts["diff_b"])
+        self._insert(name, module)
 
     def _drop(self, name: str) -> None:
         if name in self.merged:
             raise ValueError(f"adapter '{name}' is merged; unmerge() before replacing or deleting it")
-        for container in (self.lora_down, self.lora_up, self.lora_dropout, self.lora_diff, self.lora_bias):
-            if name in container:
-                del container[name]
-        for d in (self.kind, self.rank, self.alpha, self.scale):
-            d.pop(name, None)
+        if name in self.adapters:
+            del self.adapters[name]
 
     def delete_adapter(self, name: str) -> None:
         """Remove adapter ``name`` (re-merging the others if it was merged)."""
         self._require(name)
-        with self._remerged():
+        with self._remerged([name]):
             self.merged.pop(name, None)
             self._drop(name)
             self.strength.pop(name, None)
             self.enabled.pop(name, None)
 
     def _require(self, name: str) -> None:
-        if name not in self.kind:
-            label = self.label
-            raise KeyError(f"no adapter '{name}' in '{label}' (have {self.adapter_names})")
+        if name not in self.adapters:
+            raise KeyError(f"no adapter '{name}' in '{self.label}' (have {self.adapter_names})")
 
     def set_strength(self, name: str, strength: float) -> None:
         """Set the multiplier of adapter ``name`` (any real number); re-merges if it is merged."""
         self._require(name)
-        with self._remerged():
+        with self._remerged([name]):
             self.strength[name] = float(strength)
 
     def enable(self, name: str | None = None) -> None:
         """Enable adapter ``name`` (all adapters if None)."""
-        with self._remerged():
-            for n in self._names(name):
-                self.enabled[n] = True
+        for n in self._names(name):
+            self.enabled[n] = True
 
     def disable(self, name: str | None = None) -> None:
         """Disable adapter ``name`` (all if None); a merged adapter is taken back out of the weight."""
-        with self._remerged():
-            for n in self._names(name):
+        names = self._names(name)
+        with self._remerged(names):
+            for n in names:
                 self.enabled[n] = False
 
     def _names(self, name: str | None) -> list[str]:
@@ -242,41 +190,70 @@ class LoRALayer(nn.Module):
         return [name]
 
     @contextlib.contextmanager
-    def _remerged(self) -> Iterator[None]:
-        """Unmerge for the duration of a change, then re-merge what is still present and enabled."""
+    def _remerged(self, changing: list[str]) -> Iterator[None]:
+        """If any of the ``changing`` adapters is merged: unmerge for the duration of the change, then
+        re-merge what is still present and enabled. Otherwise the weights are left alone."""
+        if not any(n in self.merged for n in changing):
+            yield
+            return
         names = list(self.merged)
-        if names:
-            self.unmerge()
+        self.unmerge()
         yield
-        names = [n for n in names if n in self.kind and self.enabled[n]]
+        names = [n for n in names if n in self.adapters and self.enabled[n]]
         if names:
             self.merge(names)
 
-    # ---- math -----------------------------------------------------------------------------
+    # ---- math -------------------------------------------------------------------------------
+    def original_weight(self) -> torch.Tensor:
+        """The base weight without any merged adapter (what every delta is taken against)."""
+        return self._premerge[0] if self._premerge is not None else self.base.weight
+
     def delta_weight(self, name: str) -> torch.Tensor:
         """Weight delta of adapter ``name`` incl. its scale, excl. strength; shape of ``base.weight``."""
         self._require(name)
-        if self.kind[name] == DIFF:
-            return self.lora_diff[name]
-        down = self.lora_down[name].weight
-        up = self.lora_up[name].weight
-        return self._factor_product(down, up) * self.scale[name]
+        return self.adapters[name].delta_weight(self.original_weight())
+
+    def _live(self) -> list[tuple[str, float]]:
+        """(name, strength) of the adapters that act on this forward: enabled, not merged, non-zero."""
+        return [(n, self.strength[n]) for n in self.adapters
+                if self.enabled[n] and n not in self.merged and self.strength[n] != 0.0]
+
+    def effective_weight(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``(W_eff, b_eff)`` for this forward: the base's (with any merged adapters) plus strength x delta
+        of each live adapter; shapes of ``base.weight`` / ``base.bias``, in the base dtype."""
+        weight = self.base.weight.clone()
+        bias = None if self.bias is None else self.bias.clone()
+        accumulate(weight, [(self.adapters[n], s) for n, s in self._live()], self.original_weight(), bias)
+        return weight, bias
+
+    def _rebuilds(self, live: list[tuple[str, float]]) -> bool:
+        """Whether this forward uses the rebuild mode (see the module docstring)."""
+        if self.merged:
+            return True  # bypass branches are defined against the unmerged base
+        if self.forward_mode != "auto":
+            return self.forward_mode == "rebuild"
+        modules = [self.adapters[n] for n, _ in live]
+        if any(m.needs_bypass for m in modules):
+            return False
+        training = torch.is_grad_enabled() and any(p.requires_grad for m in modules for p in m.parameters())
+        if not training or not any(m.has_branch for m in modules):
+            return True  # without a factorised branch, bypass only adds a second operation
+        return TRAINING_MODE[self.kind] == "rebuild"
 
     def forward(self, x: torch.Tensor, *args, **kwargs) -> torch.Tensor:
-        out = self.base(x, *args, **kwargs)
-        for name, kind in self.kind.items():
-            if not self.enabled[name] or name in self.merged:
-                continue
-            s = self.strength[name]
-            if s == 0.0:
-                continue
-            if kind == DIFF:
-                out = out + s * self._apply_weight(x, self.lora_diff[name], None, *args, **kwargs)
-            else:
-                h = self._run_factors(name, self.lora_dropout[name](x), *args, **kwargs)
-                out = out + (s * self.scale[name]) * h
-            if name in self.lora_bias:
-                out = out + s * self._bias_view(self.lora_bias[name])
+        live = self._live()
+        if not live:
+            return self.base(x, *args, **kwargs)
+        if self._rebuilds(live):
+            weight, bias = self.effective_weight()
+            return self.op(x, weight, bias, *args, **kwargs)
+        base_out = self.base(x, *args, **kwargs)
+        out = base_out
+        for name, s in live:
+            adapter = self.adapters[name]
+            out = out + s * adapter.bypass(self, x, base_out, *args, **kwargs)
+            if adapter.diff_b is not None:
+                out = out + s * self.channel_view(adapter.diff_b)
         return out
 
     @torch.no_grad()
@@ -287,28 +264,24 @@ class LoRALayer(nn.Module):
         dtype is unchanged (the sum is done in fp32 at least). Returns the names merged.
         """
         if names is None:
-            names = [n for n in self.kind if self.enabled[n] and n not in self.merged]
+            names = [n for n in self.adapters if self.enabled[n] and n not in self.merged]
         for n in names:
             self._require(n)
         names = [n for n in names if n not in self.merged]
         if not names:
             return []
-        w = self.base.weight
-        b = self.base.bias
+        w, b = self.base.weight, self.bias
         if self._premerge is None:
             self._premerge = (w.detach().clone(), None if b is None else b.detach().clone())
-        acc = torch.promote_types(w.dtype, torch.float32)
-        new_w = w.detach().to(acc)
-        new_b = None if b is None else b.detach().to(acc)
+        acc = torch.promote_types(w.dtype, torch.float32)  # fp16/bf16 weights are summed in fp32
+        w_acc, b_acc = w.to(acc), None if b is None else b.to(acc)  # the parameters themselves when fp32
+        accumulate(w_acc, [(self.adapters[n], self.strength[n]) for n in names], self._premerge[0].to(acc), b_acc)
+        if w_acc is not w:
+            w.copy_(w_acc)
+        if b is not None and b_acc is not b:
+            b.copy_(b_acc)
         for n in names:
-            s = self.strength[n]
-            new_w = new_w + s * self.delta_weight(n).detach().to(acc)
-            if n in self.lora_bias and new_b is not None:
-                new_b = new_b + s * self.lora_bias[n].detach().to(acc)
-            self.merged[n] = s
-        w.copy_(new_w.to(w.dtype))
-        if b is not None:
-            b.copy_(new_b.to(b.dtype))
+            self.merged[n] = self.strength[n]
         return names
 
     @torch.no_grad()
@@ -334,91 +307,71 @@ class LoRALayer(nn.Module):
 
     def extra_repr(self) -> str:
         parts = []
-        for n, k in self.kind.items():
-            desc = f"{n}: {k}" + (f" r={self.rank[n]} alpha={self.alpha[n]:g}" if k == LORA else "")
-            desc += f" strength={self.strength[n]:g}" + ("" if self.enabled[n] else " disabled")
-            desc += " merged" if n in self.merged else ""
+        for n, adapter in self.adapters.items():
+            desc = f"{n}: {adapter.describe()} strength={self.strength[n]:g}"
+            desc += ("" if self.enabled[n] else " disabled") + (" merged" if n in self.merged else "")
             parts.append(desc)
         return "adapters: " + ("; ".join(parts) if parts else "none")
 
 
 class LoRAConv1d(LoRALayer):
-    """LoRA on ``nn.Conv1d``: input ``[B, I, T]`` -> output ``[B, O, T']`` like the base."""
+    """Adapters on ``nn.Conv1d``: input ``[B, I, T]`` -> output ``[B, O, T']`` like the base."""
 
     base_class = nn.Conv1d
+    kind = "conv1d"
 
-    def _make_factors(self, rank: int) -> tuple[nn.Module, nn.Module]:
-        b = self.base
-        w = b.weight
-        kw = dict(device=w.device, dtype=w.dtype, bias=False)
-        down = nn.Conv1d(b.in_channels, rank, b.kernel_size, b.stride, b.padding, b.dilation, **kw)
-        up = nn.Conv1d(rank, b.out_channels, 1, **kw)
-        return down, up
-
-    def _factor_product(self, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("oj,jik->oik", up[:, :, 0], down)
-
-    def _apply_weight(self, x, weight, bias, *args, **kwargs):
+    def op(self, x, weight, bias, *args, **kwargs):
         b = self.base
         return F.conv1d(x, weight, bias, b.stride, b.padding, b.dilation, 1)
 
 
 class LoRAConvTranspose1d(LoRALayer):
-    """LoRA on ``nn.ConvTranspose1d`` (real transposed conv on the up side); ``forward(x, output_size)``."""
+    """Adapters on ``nn.ConvTranspose1d`` (weight ``[I, O, K]``); ``forward(x, output_size=None)``."""
 
     base_class = nn.ConvTranspose1d
+    kind = "conv_transpose1d"
+    out_dim = 1
 
-    def _make_factors(self, rank: int) -> tuple[nn.Module, nn.Module]:
-        b = self.base
-        w = b.weight
-        kw = dict(device=w.device, dtype=w.dtype, bias=False)
-        down = nn.Conv1d(b.in_channels, rank, 1, **kw)
-        up = nn.ConvTranspose1d(rank, b.out_channels, b.kernel_size, b.stride, b.padding,
-                                b.output_padding, dilation=b.dilation, **kw)
-        return down, up
-
-    def _factor_product(self, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return torch.einsum("ji,jok->iok", down[:, :, 0], up)
-
-    def _run_factors(self, name, x, output_size=None):
-        return self.lora_up[name](self.lora_down[name](x), output_size)
-
-    def _apply_weight(self, x, weight, bias, output_size=None):
+    def op(self, x, weight, bias, output_size=None):
         b = self.base
         out_pad = b._output_padding(x, output_size, b.stride, b.padding, b.kernel_size, 1, b.dilation)
         return F.conv_transpose1d(x, weight, bias, b.stride, b.padding, out_pad, 1, b.dilation)
 
 
 class LoRALinear(LoRALayer):
-    """LoRA on ``nn.Linear``: input ``[..., I]`` -> output ``[..., O]``."""
+    """Adapters on ``nn.Linear``: input ``[..., I]`` -> output ``[..., O]``."""
 
     base_class = nn.Linear
+    kind = "linear"
 
-    def _make_factors(self, rank: int) -> tuple[nn.Module, nn.Module]:
-        b = self.base
-        w = b.weight
-        kw = dict(device=w.device, dtype=w.dtype, bias=False)
-        return nn.Linear(b.in_features, rank, **kw), nn.Linear(rank, b.out_features, **kw)
-
-    def _factor_product(self, down: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
-        return up @ down
-
-    def _apply_weight(self, x, weight, bias, *args, **kwargs):
+    def op(self, x, weight, bias, *args, **kwargs):
         return F.linear(x, weight, bias)
 
-    def _bias_view(self, bias: torch.Tensor) -> torch.Tensor:
-        return bias
+    def channel_view(self, v: torch.Tensor) -> torch.Tensor:
+        return v
+
+
+class LoRAEmbedding(LoRALayer):
+    """Full-delta adapters on ``nn.Embedding`` (e.g. a trained speaker row): ``[...]`` ids -> ``[..., D]``."""
+
+    base_class = nn.Embedding
+    kind = "embedding"
+
+    def op(self, x, weight, bias, *args, **kwargs):
+        b = self.base
+        return F.embedding(x, weight, b.padding_idx, b.max_norm, b.norm_type, b.scale_grad_by_freq, b.sparse)
 
 
 WRAPPERS: dict[type[nn.Module], type[LoRALayer]] = {
     nn.Conv1d: LoRAConv1d,
     nn.ConvTranspose1d: LoRAConvTranspose1d,
     nn.Linear: LoRALinear,
+    nn.Embedding: LoRAEmbedding,
 }
 
 
 def wrapper_for(module: nn.Module) -> type[LoRALayer] | None:
-    """The LoRA wrapper class for ``module`` (by isinstance), or None if unsupported."""
+    """The adapter wrapper class for ``module`` (by isinstance), or None if unsupported."""
     for cls, wrapper in WRAPPERS.items():
         if isinstance(module, cls):
             return wrapper

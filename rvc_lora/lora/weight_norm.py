@@ -11,15 +11,16 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 
-def _norm_except_dim0(v: torch.Tensor) -> torch.Tensor:
-    """L2 norm of ``v`` over all dims but 0, keepdim (shape ``[v.shape[0], 1, ...]``), in ``v``'s dtype.
+def norm_except_dim(v: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """L2 norm of ``v`` over every dim but ``dim``, keepdim (for ``dim=0``: ``[v.shape[0], 1, ...]``).
 
-    Computed in at least fp32, so fp16 weights cannot overflow the sum of squares.
+    Returned in ``v``'s dtype but computed in at least fp32, so fp16 weights cannot overflow the sum of squares.
     """
     if v.dim() == 1:
         return v.abs()
     acc = torch.promote_types(v.dtype, torch.float32)
-    return v.to(acc).norm(p=2, dim=tuple(range(1, v.dim())), keepdim=True).to(v.dtype)
+    others = tuple(d for d in range(v.dim()) if d != dim % v.dim())
+    return v.to(acc).norm(p=2, dim=others, keepdim=True).to(v.dtype)
 
 
 def split_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -28,12 +29,12 @@ def split_weight_norm(weight: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]
     For a 3-D weight ``[D0, D1, K]`` returns ``g [D0, 1, 1]`` and ``v [D0, D1, K]`` (copies).
     """
     w = weight.detach()
-    return _norm_except_dim0(w).clone(), w.clone()
+    return norm_except_dim(w).clone(), w.clone()
 
 
 def weight_norm_effective(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Effective weight ``g * v / ||v||`` (norm over dims != 0); same shape as ``v``."""
-    return v * (g / _norm_except_dim0(v))
+    return v * (g / norm_except_dim(v))
 
 
 def _legacy_hook(module: nn.Module, name: str = "weight"):

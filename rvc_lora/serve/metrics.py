@@ -20,9 +20,9 @@ class _CacheCollector:
 
     def collect(self):
         hits, misses = self.stats()
-        yield CounterMetricFamily(f"{PREFIX}_adapter_cache_hits", "Adapter loads answered from the compiled cache",
+        yield CounterMetricFamily(f"{PREFIX}_adapter_cache_hits", "Adapter loads answered from the file cache",
                                   value=hits)
-        yield CounterMetricFamily(f"{PREFIX}_adapter_cache_misses", "Adapter loads that read and compiled the file",
+        yield CounterMetricFamily(f"{PREFIX}_adapter_cache_misses", "Adapter loads that read and decoded the file",
                                   value=misses)
 
 

@@ -442,7 +442,8 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "adapter": c.adapter, "lora/rank": c.lora.rank, "lora/alpha": c.lora.alpha,
+            "adapter": c.adapter, "lora/algorithm": c.lora.algorithm, "lora/rank": c.lora.rank,
+            "lora/alpha": c.lora.alpha,
             "lora/dropout": c.lora.dropout, "lora/flow": c.lora.get("flow", False),
             "lora/enc_p": c.lora.get("enc_p", False), "discriminator": c.trainer.discriminator,
             "d_every": c.trainer.d_every, "lr": c.optim.lr, "batch_size": c.trainer.batch_size,

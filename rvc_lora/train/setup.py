@@ -15,12 +15,11 @@ from torch import nn
 from rvc_lora.checkpoint import load_rvc
 from rvc_lora.data.experiment import ExperimentInfo
 from rvc_lora.generator_lora import SynthesizerLoRA
-from rvc_lora.lora import LoRAConfig
 from rvc_lora.models import MultiPeriodDiscriminator, Synthesizer, build_discriminator, mel_settings
 from rvc_lora.utils import RVCLoraError
 
 from .trainable import SpeakerRowDelta
-from .validate import check_base_against_experiment
+from .validate import check_base_against_experiment, lora_config
 
 __all__ = ["Models", "Precision", "adamw_settings", "build_models", "resolve_precision"]
 
@@ -87,8 +86,7 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
     speaker_delta = None
     if cfg.adapter == "lora":
         lora = cfg.lora
-        config = LoRAConfig(rank=int(lora.rank), alpha=lora.alpha, dropout=float(lora.dropout),
-                            targets=tuple(lora.targets or ()), rs_lora=bool(lora.rs_lora))
+        config = lora_config(cfg)
         adapters = SynthesizerLoRA(synth, config, flow=bool(lora.get("flow", False)),
                                    enc_p=bool(lora.get("enc_p", False)), base_desc=str(cfg.base.g))
         for p in synth.parameters():

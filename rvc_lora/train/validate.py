@@ -12,11 +12,13 @@ import numpy as np
 from omegaconf import DictConfig
 
 from rvc_lora.data.experiment import FEATURE_DIMS, ExperimentInfo, ExperimentLayout, read_info
+from rvc_lora.lora import LoRAConfig
 from rvc_lora.utils import RVCLoraError
 
 from .speaker_similarity import resolve_best_metric
 
-__all__ = ["ADAPTER_MODES", "DISCRIMINATOR_MODES", "PRECISIONS", "check_base_against_experiment", "check_config"]
+__all__ = ["ADAPTER_MODES", "DISCRIMINATOR_MODES", "PRECISIONS", "check_base_against_experiment", "check_config",
+           "lora_config"]
 
 DISCRIMINATOR_MODES = ("train", "frozen", "every_k", "mel_only")
 ADAPTER_MODES = ("lora", "none")
@@ -35,6 +37,18 @@ def _fail(problems: list[str]) -> None:
         raise RVCLoraError("invalid training configuration:\n  - " + "\n  - ".join(problems))
 
 
+def lora_config(cfg: DictConfig) -> LoRAConfig:
+    """The adapter settings ``cfg.lora`` as a ``LoRAConfig`` (the one place they are read); ``RVCLoraError``
+    naming the problem if they are invalid."""
+    lora = cfg.lora
+    try:
+        return LoRAConfig(rank=lora.rank, alpha=lora.alpha, dropout=float(lora.dropout),
+                          targets=tuple(lora.targets or ()), rs_lora=bool(lora.rs_lora), algorithm=str(lora.algorithm),
+                          factor=lora.factor, decompose_both=bool(lora.decompose_both))
+    except ValueError as exc:
+        raise RVCLoraError(f"lora: {exc}") from None
+
+
 def check_config(cfg: DictConfig) -> tuple[ExperimentLayout, ExperimentInfo]:
     """Validate ``cfg`` for training; returns the experiment's layout and description.
 
@@ -45,6 +59,11 @@ def check_config(cfg: DictConfig) -> tuple[ExperimentLayout, ExperimentInfo]:
     t = cfg.trainer
     if cfg.adapter not in ADAPTER_MODES:
         problems.append(f"adapter must be one of {', '.join(ADAPTER_MODES)}, got {cfg.adapter!r}")
+    if cfg.adapter == "lora":
+        try:
+            lora_config(cfg)
+        except RVCLoraError as exc:
+            problems.append(str(exc))
     if t.discriminator not in DISCRIMINATOR_MODES:
         problems.append(f"unknown trainer.discriminator mode {t.discriminator!r}; expected one of "
                         f"{', '.join(DISCRIMINATOR_MODES)}")

@@ -32,6 +32,11 @@ METHODS: list[Method] = [
     Method("lora_r16", "LoRA r16", _lora(16)),
     Method("lora_r8_flow", "LoRA r8 + flow", _lora(8, "lora.flow=true")),
     Method("lora_r8_speaker", "LoRA r8 + speaker row", _lora(8, "lora.train_speaker_embedding=true")),
+    # The other adapter algorithms at their presets (conf/lora): LoHa r4 and DoRA r8 at LoRA r8's size,
+    # LoKr at about a sixth of it (README: adapter algorithms).
+    Method("loha_r4", "LoHa r4 (LoRA r8 size)", ("adapter=lora", "lora=loha")),
+    Method("lokr", "LoKr (1/6 of LoRA r8 size)", ("adapter=lora", "lora=lokr")),
+    Method("dora_r8", "DoRA r8", ("adapter=lora", "lora=dora")),
 ]
 QUICK_METHODS = ("full", "lora_r8", "lora_r8_frozen")
 
