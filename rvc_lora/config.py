@@ -1,12 +1,16 @@
 """Compose the Hydra configuration (``conf/config.yaml``) with a recipe and command-line overrides.
 
-``recipe=NAME`` is looked up as a path, then ``./recipes/NAME.yaml``, then the repository's
-``recipes/NAME.yaml``. A recipe starts with ``# @package _global_`` and may override any group
-(``defaults: [{override /lora: hq}]``) or value.
+``conf/`` and ``recipes/`` are the top-level folders of a source checkout; an installed wheel carries them as
+``rvc_lora/conf`` and ``rvc_lora/recipes`` (see setup.py). ``RVC_LORA_CONF`` points at another ``conf/``.
+
+``recipe=NAME`` is looked up as a path, then ``./recipes/NAME.yaml``, then ``$RVC_LORA_HOME/recipes/NAME.yaml``,
+then the shipped ``recipes/NAME.yaml``. A recipe starts with ``# @package _global_`` and may override any
+group (``defaults: [{override /lora: hq}]``) or value.
 """
 
 from __future__ import annotations
 
+import importlib.resources
 import os
 import shutil
 import tempfile
@@ -18,21 +22,38 @@ from omegaconf import DictConfig, OmegaConf
 
 from rvc_lora.utils import RVCLoraError
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-CONF_DIR = Path(os.environ.get("RVC_LORA_CONF", REPO_ROOT / "conf"))
-RECIPES_DIR = REPO_ROOT / "recipes"
+
+def shipped_folder(name: str) -> Path:
+    """``conf`` or ``recipes`` as installed: inside the package (a wheel), else the checkout's top level."""
+    inside = importlib.resources.files("rvc_lora") / name
+    if inside.is_dir():
+        return Path(str(inside))
+    return Path(__file__).resolve().parents[1] / name
+
+
+CONF_DIR = Path(os.environ.get("RVC_LORA_CONF") or shipped_folder("conf"))
+RECIPES_DIR = shipped_folder("recipes")
 _HYDRA_LOCK = threading.Lock()  # Hydra's composition state is process-global
+
+
+def recipe_folders() -> list[Path]:
+    """Where recipes are found by name, first match wins: ./recipes, $RVC_LORA_HOME/recipes, the shipped ones."""
+    folders = [Path("recipes")]
+    if os.environ.get("RVC_LORA_HOME"):
+        folders.append(Path(os.environ["RVC_LORA_HOME"]) / "recipes")
+    return folders + [RECIPES_DIR]
 
 
 def find_recipe(name: str) -> Path:
     """Resolve a recipe name or path to a YAML file, or raise listing what is available."""
-    candidates = [Path(name), Path(f"{name}.yaml"), Path("recipes") / f"{name}.yaml", RECIPES_DIR / f"{name}.yaml"]
+    folders = recipe_folders()
+    candidates = [Path(name), Path(f"{name}.yaml"), *(folder / f"{name}.yaml" for folder in folders)]
     for candidate in candidates:
         if candidate.is_file():
             return candidate.resolve()
-    known = sorted({p.stem for d in (Path("recipes"), RECIPES_DIR) if d.is_dir() for p in d.glob("*.yaml")})
+    known = sorted({p.stem for d in folders if d.is_dir() for p in d.glob("*.yaml")})
     raise RVCLoraError(
-        f"recipe {name!r} not found (looked for a file, ./recipes/{name}.yaml and {RECIPES_DIR}/{name}.yaml); "
+        f"recipe {name!r} not found (looked for a file, then {name}.yaml in {', '.join(map(str, folders))}); "
         f"available: {', '.join(known) or 'none'}"
     )
 
@@ -71,8 +92,8 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from omegaconf.errors import OmegaConfBaseException
 
     if not (CONF_DIR / "config.yaml").is_file():
-        raise RVCLoraError(f"configuration folder not found: {CONF_DIR}; install rvc-lora from a source checkout "
-                           "(pip install -e ., as `make` does) or point RVC_LORA_CONF at its conf/ folder")
+        raise RVCLoraError(f"configuration folder not found: {CONF_DIR} (no config.yaml); reinstall rvc-lora "
+                           "or point RVC_LORA_CONF at a conf/ folder")
     overrides = list(overrides)
     with tempfile.TemporaryDirectory(prefix="rvc-lora-recipe-") as tmp:
         for i, item in enumerate(overrides):
