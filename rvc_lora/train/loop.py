@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +31,7 @@ from . import distributed as dist_utils
 from .checkpointing import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import BucketBatchSampler, PieceDataset, collate_pieces, split_pieces
 from .evaluation import validate
-from .outputs import export_run, save_adapter_file
+from .outputs import TrainResult, export_run, save_adapter_file
 from .setup import adamw_settings, build_models, resolve_precision
 from .speaker_similarity import SpeakerSimilarity, resolve_best_metric
 from .step import StepModels, StepSettings, train_step
@@ -60,28 +59,6 @@ def _groups(batches: Iterable, size: int) -> Iterator[list]:
             group = []
     if group:
         yield group
-
-
-@dataclass
-class TrainResult:
-    """What a run produced. Paths are None when not written (e.g. interrupted, or non-zero rank)."""
-
-    run_dir: Path
-    steps: int
-    epochs: int
-    adapter_path: Path | None = None
-    merged_path: Path | None = None
-    best_adapter_path: Path | None = None
-    base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
-    index_paths: list[Path] = field(default_factory=list)
-    best_step: int | None = None
-    best_metric: str = "mel_l1"                # trainer.best_metric as resolved: mel_l1 or speaker_similarity
-    best_value: float | None = None            # its value at best_step
-    final_losses: dict[str, float] = field(default_factory=dict)
-    skipped_steps: int = 0
-    interrupted: bool = False
-    stop_reason: str = ""
-    warnings: list[str] = field(default_factory=list)
 
 
 class Trainer:
@@ -451,12 +428,30 @@ class Trainer:
             "version": self.info.version, "sample_rate": self.info.sample_rate,
         }
 
+    def _training_summary(self) -> dict[str, Any]:
+        """The run's summary stored in the exported adapter's metadata."""
+        return {
+            "steps": self.step,
+            "epochs": self.epoch,
+            "final_losses": {k: round(v, 6) for k, v in self.last_losses.items()},
+            "best_step": self.best_step,
+            "best_metric": self.best_metric,
+            "best_value": self.best_value,
+            "skipped_steps": self.skipped,
+            "speaker_id": int(self.cfg.data.speaker_id),
+            "experiment": str(self.info.name),
+            "discriminator": self.mode,
+            "lr": float(self.cfg.optim.lr),
+            "batch_size": int(self.cfg.trainer.batch_size),
+            "world_size": self.dist.world_size,
+        }
+
     def export(self, result: TrainResult) -> TrainResult:
         """Write adapter.safetensors, merged.pth and the index copy (rank 0; not after an interruption)."""
         if self.dist.is_main and not result.interrupted:
             if self.ema is not None:
                 self.ema.swap()
-            export_run(self, result)
+            export_run(result, self.models, self._training_summary(), self.layout.index_files())
         dist_utils.barrier(self.dist)
         return result
 
