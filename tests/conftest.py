@@ -15,11 +15,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "rvc_tiny_v2_f0"
 
 
-# The reference fixture's configuration: v2, 40k structure, tiny widths, 4 speakers.
-TINY_CONFIG = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-               [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
-
-
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     return FIXTURE_DIR

@@ -11,7 +11,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "rvc_lora"
 # Bottom to top; a module may import its own layer and the layers below. Components are the names right
 # under rvc_lora/ (a module or a subpackage).
 LAYERS: list[tuple[str, ...]] = [
-    ("utils", "failures", "assets", "config"),  # errors, downloads, configuration: no model code
+    ("utils", "failures", "assets"),  # errors, downloads: no model code
     ("models",),
     ("safe_load", "checkpoint"),
     ("lora",),
@@ -19,6 +19,7 @@ LAYERS: list[tuple[str, ...]] = [
     ("merge",),
     ("audio", "features"),
     ("data",),
+    ("config", "config_schema"),  # the configuration's types name pitch methods and content kinds
     ("prepare", "train", "infer"),
     ("serve",),
     ("cli", "demo"),
@@ -143,3 +144,20 @@ def test_lower_layers_never_import_upper_ones() -> None:
 def test_known_exceptions_still_exist() -> None:
     graph = import_graph()
     assert [pair for pair in KNOWN_EXCEPTIONS if pair[1] not in graph.get(pair[0], set())] == []
+
+
+# What runs: the command line, the offline demo, and the package itself (the Python API).
+ENTRY_POINTS = ("rvc_lora", "rvc_lora.cli", "rvc_lora.demo.__main__")
+
+
+def test_every_module_serves_the_package_not_only_tests() -> None:
+    """Each module is reachable by imports from an entry point (fixture factories belong under tests/)."""
+    graph = import_graph()
+    reached, todo = set(), list(ENTRY_POINTS)
+    while todo:
+        module = todo.pop()
+        if module not in reached:
+            reached.add(module)
+            parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
+            todo += graph[module] | parents  # importing a.b.c runs a/__init__ and a/b/__init__ first
+    assert sorted(set(graph) - reached) == []

@@ -24,8 +24,8 @@ from audio_fixtures import (
 from rvc_lora.config import load_config
 from rvc_lora.data.experiment import read_info, read_manifest
 from rvc_lora.data.index import load_index
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.features.content import ContentModelMissing
-from rvc_lora.features.content_testing import make_random_checkpoint
 from rvc_lora.prepare import choose_validation, run_prepare, sharding
 from rvc_lora.prepare import pipeline as pipeline_mod
 from rvc_lora.utils import RVCLoraError

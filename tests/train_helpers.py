@@ -19,9 +19,9 @@ from rvc_lora.data.experiment import (
     write_manifest,
 )
 from rvc_lora.models import build_synthesizer
+from rvc_lora.models import configs as model_configs
 
-TINY = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
+TINY = model_configs.tiny_config()
 SR = 40000
 
 
