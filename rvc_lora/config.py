@@ -12,14 +12,16 @@ from __future__ import annotations
 
 import importlib.resources
 import os
+import re
 import shutil
 import tempfile
 import threading
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
+from rvc_lora.config_schema import register_schema, schema_keys
 from rvc_lora.utils import RVCLoraError
 
 
@@ -65,7 +67,7 @@ TRAIN_ASSETS = ("base.g", "base.d")
 def prepare_assets(cfg: DictConfig) -> tuple[str, ...]:
     """The model files ``prepare`` needs: the content model, and RMVPE only when pitch can use it."""
     keys = ("content.path",)
-    if str(OmegaConf.select(cfg, "pitch.method", default="auto")) in ("rmvpe", "auto"):
+    if str(cfg.pitch.method) in ("rmvpe", "auto"):
         keys += ("pitch.rmvpe_path",)
     return keys
 
@@ -91,15 +93,19 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
+    register_schema()
+
     if not (CONF_DIR / "config.yaml").is_file():
         raise RVCLoraError(f"configuration folder not found: {CONF_DIR} (no config.yaml); reinstall rvc-lora "
                            "or point RVC_LORA_CONF at a conf/ folder")
     overrides = list(overrides)
+    sources: dict[str, Path] = {}  # Hydra's config path -> the file the user wrote
     with tempfile.TemporaryDirectory(prefix="rvc-lora-recipe-") as tmp:
         for i, item in enumerate(overrides):
             key, _, value = item.partition("=")
             if key.lstrip("+") == "recipe" and value and value != "null":
                 source = find_recipe(value)
+                sources[f"recipe/{source.stem}"] = source
                 (Path(tmp) / "recipe").mkdir(exist_ok=True)
                 shutil.copyfile(source, Path(tmp) / "recipe" / f"{source.stem}.yaml")
                 overrides[i] = f"recipe={source.stem}"
@@ -109,5 +115,33 @@ def load_config(overrides: Sequence[str] = ()) -> DictConfig:
                 cfg = compose("config", overrides=overrides)
             OmegaConf.resolve(cfg)
         except (HydraException, OmegaConfBaseException) as exc:
-            raise RVCLoraError(f"invalid configuration: {str(exc).strip().splitlines()[0]}") from None
+            raise composition_error(exc, sources) from None
     return cfg
+
+
+def composition_error(exc: Exception, sources: Mapping[str, Path]) -> RVCLoraError:
+    """Hydra's or OmegaConf's composition error as one line: the file (or the command line), the key, and
+    the allowed keys or values."""
+    lines = str(exc).strip().splitlines()
+    where = "command line"
+    named = re.match(r"In '([^']+)'", lines[0])
+    if named:
+        where = str(sources.get(named.group(1)) or CONF_DIR / f"{named.group(1)}.yaml")
+    if "Available options in" in str(exc):  # an unknown group option, e.g. lora=nope
+        options = [line.strip() for line in lines if line.startswith("\t") and "provider=" not in line]
+        return RVCLoraError(f"invalid configuration: {lines[0]}; available: {', '.join(options)}")
+    cause: BaseException | None = exc
+    while cause is not None and getattr(cause, "full_key", None) is None:  # the OmegaConf error inside
+        cause = cause.__cause__ or cause.__context__
+    if cause is None:
+        return RVCLoraError(f"invalid configuration: {where}: {lines[0]}")
+    key = str(cause.full_key)
+    problem = str(getattr(cause, "msg", cause)).strip().splitlines()[0]
+    if re.match(r"Key '[^']*' not in '", problem):
+        parent = key.rpartition(".")[0]
+        allowed = schema_keys(parent)
+        problem = (f"unknown key {key!r}; allowed in {parent or 'the top level'}: {', '.join(allowed)}"
+                   if allowed is not None else f"unknown key {key!r}")
+    else:
+        problem = f"{key}: {problem}"
+    return RVCLoraError(f"invalid configuration: {where}: {problem}")

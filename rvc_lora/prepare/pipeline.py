@@ -24,7 +24,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rvc_lora.data.experiment import (
     FEATURE_DIMS,
@@ -49,7 +49,7 @@ from rvc_lora.prepare.ingest import (
 )
 from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
-from rvc_lora.prepare.sources import AUDIO_EXTENSIONS, file_key, find_audio_files, fingerprint
+from rvc_lora.prepare.sources import file_key, find_audio_files, fingerprint
 from rvc_lora.utils import RVCLoraError, atomic_write, remove_stale_temp_files
 
 STATE_DIR = ".prepare"
@@ -57,42 +57,33 @@ STATE_DIR = ".prepare"
 POOL_MIN_BYTES = 16 * 1024 * 1024
 
 
-def _get(cfg: DictConfig, dotted: str, default=None):
-    value = OmegaConf.select(cfg, dotted, default=default)
-    return default if value is None else value
-
-
 def ingest_settings(cfg: DictConfig) -> IngestSettings:
     """The ingest parameters from ``cfg.data`` and ``cfg.model.sample_rate``."""
-    sl = _get(cfg, "data.slicer", {})
+    data, slicer = cfg.data, cfg.data.slicer
     return IngestSettings(
-        sample_rate=int(cfg.model.sample_rate),
-        highpass_hz=float(_get(cfg, "data.highpass_hz", 48)),
-        threshold_db=float(sl.get("threshold_db", -42)),
-        min_length_ms=int(sl.get("min_length_ms", 1500)),
-        min_interval_ms=int(sl.get("min_interval_ms", 400)),
-        hop_ms=int(sl.get("hop_ms", 15)),
-        max_sil_kept_ms=int(sl.get("max_sil_kept_ms", 500)),
-        piece_seconds=float(_get(cfg, "data.piece_seconds", 3.7)),
-        overlap_seconds=float(_get(cfg, "data.overlap_seconds", 0.3)),
-        max_peak=float(_get(cfg, "data.max_peak", 2.5)),
-        normalize_alpha=float(_get(cfg, "data.normalize_alpha", 0.75)),
-        min_piece_seconds=float(_get(cfg, "data.min_piece_seconds", 0.3)),
-        long_file_seconds=float(_get(cfg, "data.long_file_minutes", 20)) * 60.0,
-        chunk_seconds=float(_get(cfg, "data.chunk_seconds", 300)),
+        sample_rate=cfg.model.sample_rate,
+        highpass_hz=data.highpass_hz,
+        threshold_db=slicer.threshold_db,
+        min_length_ms=slicer.min_length_ms,
+        min_interval_ms=slicer.min_interval_ms,
+        hop_ms=slicer.hop_ms,
+        max_sil_kept_ms=slicer.max_sil_kept_ms,
+        piece_seconds=data.piece_seconds,
+        overlap_seconds=data.overlap_seconds,
+        max_peak=data.max_peak,
+        normalize_alpha=data.normalize_alpha,
+        min_piece_seconds=data.min_piece_seconds,
+        long_file_seconds=data.long_file_minutes * 60.0,
+        chunk_seconds=data.chunk_seconds,
     )
 
 
 def resolve_pitch_method(cfg: DictConfig) -> str:
     """``pitch.method``, with ``auto`` = rmvpe when ``pitch.rmvpe_path`` is set, else fcpe."""
-    from rvc_lora.features.pitch import METHODS, default_pitch_method
+    from rvc_lora.features.pitch import default_pitch_method
 
-    method = str(_get(cfg, "pitch.method", "auto")).lower().replace("_", "-")
-    if method == "auto":
-        return default_pitch_method(_get(cfg, "pitch.rmvpe_path"))
-    if method not in METHODS and method != "crepe-full":
-        raise RVCLoraError(f"pitch.method {method!r} is unknown; choose auto or one of {', '.join(METHODS)}")
-    return method
+    method = str(cfg.pitch.method)  # a PitchMethod: the schema allows only known methods
+    return default_pitch_method(cfg.pitch.rmvpe_path) if method == "auto" else method
 
 
 def check_content_path(path) -> str:
@@ -203,16 +194,14 @@ def _check_settings(cfg: DictConfig, use_f0: bool, method: str, pitch_device: st
 
     problems: list[str] = []
     content_error: ContentModelMissing | None = None
-    input_dir = _get(cfg, "data.input_dir")
+    input_dir = cfg.data.input_dir
     if input_dir is None:
         problems.append("data.input_dir is not set: give the folder of recordings (data.input_dir=...)")
-    elif not Path(str(input_dir)).expanduser().is_dir():
+    elif not Path(input_dir).expanduser().is_dir():
         problems.append(f"data.input_dir {input_dir}: folder not found")
-    if _get(cfg, "data.experiment_dir") is None:
-        problems.append("data.experiment_dir is not set")
     content_path = ""
     try:
-        content_path = check_content_path(_get(cfg, "content.path"))
+        content_path = check_content_path(cfg.content.path)
     except ContentModelMissing as exc:
         content_error = exc
         problems.append(str(exc))
@@ -236,25 +225,22 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     Returns the :class:`PrepareReport` (on rank 0 the merged one). Raises ``ContentModelMissing`` when no
     content model is available and ``RVCLoraError`` for unusable input (no files, too little audio).
     """
-    version = str(cfg.model.version)
-    if version not in FEATURE_DIMS:
-        raise RVCLoraError(f"model.version {version!r} is unknown (expected v1 or v2)")
-    use_f0 = bool(cfg.model.f0)
+    version = str(cfg.model.version)  # an RVCVersion: v1 or v2
+    use_f0 = cfg.model.f0
     method = resolve_pitch_method(cfg) if use_f0 else ""
-    rmvpe_path = _get(cfg, "pitch.rmvpe_path")
-    pitch_device = default_device(str(_get(cfg, "pitch.device", "auto")))
+    rmvpe_path = cfg.pitch.rmvpe_path
+    pitch_device = default_device(cfg.pitch.device)
     content_path = _check_settings(cfg, use_f0, method, pitch_device, rmvpe_path)
-    exp_dir = Path(str(cfg.data.experiment_dir)).expanduser()
+    exp_dir = Path(cfg.data.experiment_dir).expanduser()
     settings = ingest_settings(cfg)
-    extensions = list(_get(cfg, "data.extensions", AUDIO_EXTENSIONS))
-    files = find_audio_files(cfg.data.input_dir, extensions, exclude=[exp_dir])
-    input_root = Path(str(cfg.data.input_dir)).expanduser()
+    files = find_audio_files(cfg.data.input_dir, list(cfg.data.extensions), exclude=[exp_dir])
+    input_root = Path(cfg.data.input_dir).expanduser()
     shard = sharding.shard_from_env()
-    speaker_id = int(_get(cfg, "data.speaker_id", 0))
-    num_workers = int(_get(cfg, "data.num_workers", 1))
-    show = bool(_get(cfg, "data.progress", True)) and shard.is_main
-    timeout = float(_get(cfg, "data.shard_timeout_s", 86400))
-    exp_name = str(_get(cfg, "data.name", "voice"))
+    speaker_id = cfg.data.speaker_id
+    num_workers = cfg.data.num_workers
+    show = cfg.data.progress and shard.is_main
+    timeout = cfg.data.shard_timeout_s
+    exp_name = cfg.data.name
 
     layout = ExperimentLayout(exp_dir, version)
     layout.make_dirs()
@@ -295,7 +281,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
             total_seconds = sum(p["seconds"] for p in sharding.gather(state_dir, "ingest", shard, token, timeout))
         else:
             total_seconds = local_seconds
-        needed = float(_get(cfg, "data.min_total_seconds", 60))
+        needed = cfg.data.min_total_seconds
         if total_seconds < needed:
             raise _too_little_audio(total_seconds, needed, len(files), results)
 
@@ -334,11 +320,10 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
             from rvc_lora.features.content import load_content_model
 
             t_load = time.perf_counter()
-            encoder = load_content_model(content_path, kind=str(_get(cfg, "content.kind", "auto")),
-                                         device=default_device(str(_get(cfg, "content.device", "auto"))),
-                                         half=_get(cfg, "content.half", "auto"))
+            encoder = load_content_model(content_path, kind=str(cfg.content.kind),
+                                         device=default_device(cfg.content.device), half=cfg.content.half)
             report.timings["content_model_load"] = time.perf_counter() - t_load
-            cerr, n = content_stage(layout, todo, encoder, int(_get(cfg, "content.batch_size", 8)), force,
+            cerr, n = content_stage(layout, todo, encoder, cfg.content.batch_size, force,
                                     _progress(show, "content", "piece"))
             errors.update(cerr)
             feature_dim = encoder.feature_dim(version)
@@ -383,7 +368,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
 
     # 4. finish (rank 0) ----------------------------------------------------------------------------------
     ok_rows = [r for r in rows if r.status == "ok"]
-    val = choose_validation([r.name for r in ok_rows], int(_get(cfg, "data.validation_pieces", 0)))
+    val = choose_validation([r.name for r in ok_rows], cfg.data.validation_pieces)
     for r in ok_rows:
         r.split = "val" if r.name in val else "train"
     train_names = [r.name for r in ok_rows if r.split == "train"]
@@ -395,7 +380,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     write_manifest(layout.manifest_path, rows)
     write_filelist(layout, train_names + [MUTE_NAME] * (MUTE_COPIES if mute_ok else 0), f0=use_f0,
                    speaker_id=speaker_id)
-    if bool(_get(cfg, "data.build_index", True)) and train_names:
+    if cfg.data.build_index and train_names:
         t0 = time.perf_counter()
         report.index_path, built = index_stage(
             layout, train_names, exp_name, fingerprint(train_names, content_fp),

@@ -108,19 +108,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.ema = ParameterEMA(self.models.trainable_g, float(t.ema_decay)) if t.ema_decay else None
         self.step_models = StepModels(self.g_model, self.models.trainable_g, self.disc, self.d_model)
-        clip = t.get("grad_clip")
-        self.step_settings = StepSettings(self.settings, self.synth.segment_frames, float(t.c_mel), float(t.c_kl),
-                                          self.precision.dtype, float(clip) if clip else None, self.device, self.dist)
+        self.step_settings = StepSettings(self.settings, self.synth.segment_frames, t.c_mel, t.c_kl,
+                                          self.precision.dtype, t.grad_clip or None, self.device, self.dist)
 
         train_names, val_names = split_pieces(self.layout, int(cfg.data.validation_pieces))
         speaker = int(cfg.data.speaker_id)
-        max_frames = int(t.get("max_frames", 900))
+        max_frames = t.max_frames
         self.dataset = PieceDataset(self.layout, train_names, self.settings, self.info.f0, speaker, max_frames)
         self.val_dataset = PieceDataset(self.layout, val_names, self.settings, self.info.f0, speaker, max_frames)
         self.sampler = BucketBatchSampler(self.dataset.lengths, int(t.batch_size), int(t.seed),
-                                          int(t.get("bucket_width", 100)), self.dist.rank, self.dist.world_size)
+                                          t.bucket_width, self.dist.rank, self.dist.world_size)
         self.batches_per_epoch = len(self.sampler)
-        self.grad_accum = int(cfg.trainer.get("grad_accum", 1) or 1)  # batches per optimiser step
+        self.grad_accum = t.grad_accum  # batches per optimiser step
 
         self.step = 0
         self.epoch = 0
@@ -137,7 +136,7 @@ class Trainer:
         self._last_mels: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) of the last step
         self.resumed_from: Path | None = None
         torch.manual_seed(int(t.seed) + self.dist.rank)
-        if bool(t.get("resume", True)):
+        if t.resume:
             latest = latest_checkpoint(self.run_dir)
             if latest is not None:
                 self._load_state(load_checkpoint(latest))
@@ -299,7 +298,7 @@ class Trainer:
         t = self.cfg.trainer
         max_steps = self._max_steps()
         previous = self._install_signals()
-        show = self.dist.is_main and bool(self.cfg.logging.get("progress", True)) and sys.stderr.isatty()
+        show = self.dist.is_main and self.cfg.logging.progress and sys.stderr.isatty()
         bar = tqdm(total=max_steps, initial=min(self.step, max_steps), disable=not show, desc="train",
                    unit="step", dynamic_ncols=True)
         result = TrainResult(self.run_dir, self.step, self.epoch, warnings=list(self.models.warnings))
@@ -419,9 +418,9 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "adapter": c.adapter, "lora/rank": c.lora.rank, "lora/alpha": c.lora.alpha,
-            "lora/dropout": c.lora.dropout, "lora/flow": c.lora.get("flow", False),
-            "lora/enc_p": c.lora.get("enc_p", False), "discriminator": c.trainer.discriminator,
+            "adapter": str(c.adapter), "lora/rank": c.lora.rank, "lora/alpha": c.lora.alpha,
+            "lora/dropout": c.lora.dropout, "lora/flow": c.lora.flow,
+            "lora/enc_p": c.lora.enc_p, "discriminator": str(c.trainer.discriminator),
             "d_every": c.trainer.d_every, "lr": c.optim.lr, "batch_size": c.trainer.batch_size,
             "precision": self.precision.name, "world_size": self.dist.world_size,
             "trainable_params": sum(p.numel() for p in self.models.trainable_g),
