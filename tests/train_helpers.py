@@ -85,8 +85,11 @@ def make_adapter(model_path: Path, out: Path, seed: int) -> Path:
 
 
 def tiny_config(tmp: Path, **trainer: object) -> DictConfig:
-    """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``)."""
-    from rvc_lora.config import load_config
+    """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``); ``trainer``
+    maps dotted keys to values, checked against the schema as command-line overrides are."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rvc_lora.config import composition_error, load_config
 
     overrides = [
         "model=tiny", f"data.experiment_dir={tmp / 'exp'}", "data.name=tiny", f"run_dir={tmp / 'run'}",
@@ -95,9 +98,11 @@ def tiny_config(tmp: Path, **trainer: object) -> DictConfig:
         "logging.audio_clips=1", "lora.rank=2", "lora.alpha=2", "trainer.segment_frames=8",
     ]
     cfg = load_config(overrides)
-    OmegaConf.set_struct(cfg, False)
     for key, value in trainer.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+        try:
+            OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
+        except OmegaConfBaseException as exc:
+            raise composition_error(exc, {}) from None
     return cfg
 
 
