@@ -11,7 +11,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "rvc_lora"
 # Bottom to top; a module may import its own layer and the layers below. Components are the names right
 # under rvc_lora/ (a module or a subpackage).
 LAYERS: list[tuple[str, ...]] = [
-    ("utils", "failures", "assets"),  # errors, downloads: no model code
+    ("utils", "failures", "assets", "distributed"),  # errors, downloads, torchrun helpers: no model code
     ("models",),
     ("safe_load", "checkpoint"),
     ("lora",),

@@ -11,11 +11,13 @@ Stages, each with a progress bar and resumable (finished work is skipped on re-r
             with ``data.build_index``, the faiss index over the train features (not the silence piece's).
 
 Checks that need no audio (content model present, pitch method usable, input folder) run first.
-Under torchrun each rank takes every WORLD_SIZE-th file; see :mod:`rvc_lora.prepare.sharding`.
+Under torchrun each rank takes every WORLD_SIZE-th file and the ranks meet over a gloo process group; see
+:mod:`rvc_lora.prepare.sharding`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import time
@@ -49,7 +51,7 @@ from rvc_lora.prepare.ingest import (
 )
 from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
-from rvc_lora.prepare.sources import file_key, find_audio_files, fingerprint
+from rvc_lora.prepare.sources import find_audio_files, fingerprint
 from rvc_lora.utils import RVCLoraError, atomic_write, remove_stale_temp_files
 
 STATE_DIR = ".prepare"
@@ -225,6 +227,20 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     Returns the :class:`PrepareReport` (on rank 0 the merged one). Raises ``ContentModelMissing`` when no
     content model is available and ``RVCLoraError`` for unusable input (no files, too little audio).
     """
+    shard = sharding.join(cfg.data.shard_timeout_s)
+    try:
+        return _prepare(cfg, shard)
+    except BaseException as err:
+        if shard.world_size > 1:  # let the other ranks stop instead of waiting for this one
+            message = str(err) if isinstance(err, RVCLoraError) else f"{type(err).__name__}: {err}"
+            with contextlib.suppress(RVCLoraError):  # their errors are theirs to report
+                shard.fail_remaining(message)
+        raise
+    finally:
+        sharding.leave(shard)
+
+
+def _prepare(cfg: DictConfig, shard: sharding.Shard) -> PrepareReport:
     version = str(cfg.model.version)  # an RVCVersion: v1 or v2
     use_f0 = cfg.model.f0
     method = resolve_pitch_method(cfg) if use_f0 else ""
@@ -235,11 +251,9 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     settings = ingest_settings(cfg)
     files = find_audio_files(cfg.data.input_dir, list(cfg.data.extensions), exclude=[exp_dir])
     input_root = Path(cfg.data.input_dir).expanduser()
-    shard = sharding.shard_from_env()
     speaker_id = cfg.data.speaker_id
     num_workers = cfg.data.num_workers
     show = cfg.data.progress and shard.is_main
-    timeout = cfg.data.shard_timeout_s
     exp_name = cfg.data.name
 
     layout = ExperimentLayout(exp_dir, version)
@@ -248,10 +262,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     (state_dir / "files").mkdir(parents=True, exist_ok=True)
     started = time.time()
     _clean_stray_temps(layout, older_than=started if shard.world_size == 1 else started - 30.0)
-    sharding.clear_own(state_dir, shard)
     rels = [p.relative_to(input_root).as_posix() for p in files]
-    token = fingerprint([file_key(p) | {"rel": r} for p, r in zip(files, rels, strict=True)],
-                        asdict(settings), shard.world_size, shard.run_id)
     state = _read_state(state_dir / "state.json")
     pitch_fp = fingerprint(method, rmvpe_path) if use_f0 else ""
     content_fp = fingerprint(content_path, version)
@@ -276,11 +287,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         report.counts["decoded"] = sum(r.decoded for r in results)
         report.counts["pieces_written"] = sum(r.written for r in results)
         local_seconds = count_seconds(results)
-        if shard.world_size > 1:
-            sharding.publish(state_dir, "ingest", shard, token, {"seconds": local_seconds})
-            total_seconds = sum(p["seconds"] for p in sharding.gather(state_dir, "ingest", shard, token, timeout))
-        else:
-            total_seconds = local_seconds
+        total_seconds = sum(p["seconds"] for p in shard.exchange("ingest", {"seconds": local_seconds}))
         needed = cfg.data.min_total_seconds
         if total_seconds < needed:
             raise _too_little_audio(total_seconds, needed, len(files), results)
@@ -330,14 +337,9 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
             del encoder
         report.counts["content_computed"] = n
         report.timings["content"] = time.perf_counter() - t0
-    except BaseException as err:
+    except BaseException:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-        if shard.world_size > 1:  # let the other ranks stop instead of waiting for this one
-            message = str(err) if isinstance(err, RVCLoraError) else f"{type(err).__name__}: {err}"
-            for kind in sharding.KINDS:
-                if not sharding.shard_file(state_dir, kind, shard.rank).is_file():
-                    sharding.publish(state_dir, kind, shard, token, error=message)
         raise
 
     # local rows and problems
@@ -353,15 +355,12 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     report.files = len(files)
     report.total_seconds = total_seconds
     if shard.world_size > 1:
-        payload = {"rows": [asdict(r) for r in rows], "problems": problems, "counts": report.counts}
-        sharding.publish(state_dir, "result", shard, token, payload)
+        parts = shard.exchange("result", {"rows": rows, "problems": problems})
         if not shard.is_main:
             report.rows, report.problems = rows, problems
             return report
-        rows, problems = [], []
-        for part in sharding.gather(state_dir, "result", shard, token, timeout):
-            rows += [ManifestRow(**r) for r in part["rows"]]
-            problems += [tuple(p) for p in part["problems"]]
+        rows = [row for part in parts for row in part["rows"]]
+        problems = [problem for part in parts for problem in part["problems"]]
     rows.sort(key=lambda r: _piece_key(r.name))
     order = {r: i for i, r in enumerate(rels)}
     problems.sort(key=lambda p: (order.get(p[0], len(rels)), p[1]))

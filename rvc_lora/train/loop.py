@@ -24,10 +24,10 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from rvc_lora import distributed as dist_utils
 from rvc_lora.models import mel_settings
 from rvc_lora.utils import RVCLoraError, atomic_write, resolve_device
 
-from . import distributed as dist_utils
 from .checkpointing import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import BucketBatchSampler, PieceDataset, collate_pieces, split_pieces
 from .evaluation import validate
