@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(0)
         cfg = load_config(["model=tiny_v1"])
-        synth = build_synthesizer(config=tiny_config(), version=cfg.model.version, f0=cfg.model.f0)
+        synth = build_synthesizer(config=tiny_config(), version=str(cfg.model.version), f0=cfg.model.f0)
         save_pretrained(synth, init, dtype=torch.float32, config=tiny_config(), version="v1", f0=1)
     train_common = [*common, "trainer.batch_size=4", "trainer.validation_interval=40",
                     "trainer.checkpoint_interval=40", "trainer.log_interval=5", "data.validation_pieces=2"]
