@@ -6,16 +6,26 @@ and the globals they name are listed: a file naming one that could run code (``p
 ``builtins.eval``, a class with ``__reduce__``) is refused before torch reads it, with a message naming
 it. Torch's restricted unpickler stays the final guard; when it refuses, the same listing (not torch's
 error text) tells a file that needs code from a damaged or foreign one.
+
+fairseq checkpoints (RVC's ``hubert_base.pt``, ContentVec) also pickle their training configuration:
+omegaconf ``DictConfig`` nodes, an ``argparse.Namespace`` in older files, ``fairseq.data.dictionary``
+label tables. :func:`load_fairseq_file` lets exactly these through: the plain data containers are built
+by their own libraries' code (omegaconf, argparse), and every ``fairseq.`` global becomes an inert recorder
+(:class:`InertPickledObject`) that stores what the pickle gives it and runs nothing; fairseq is never
+imported. Anything else still refuses the file.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
+import argparse
 import errno
+import importlib
 import io
 import os
 import pickle
 import pickletools
+import typing
 import zipfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -23,7 +33,8 @@ from typing import Any
 
 from rvc_lora.utils import RVCLoraError, StorageError
 
-__all__ = ["UnsafeFileError", "code_globals", "load_torch_file", "pickled_globals"]
+__all__ = ["InertPickledObject", "UnsafeFileError", "code_globals", "load_fairseq_file", "load_torch_file",
+           "pickled_globals"]
 
 _STORAGE_ERRNOS = {errno.EACCES, errno.EPERM, errno.EIO, errno.EMFILE, errno.ENFILE, errno.ENOENT}
 _MAX_PICKLES = 8  # torch's legacy format is a few pickles in a row (magic, protocol, info, data, keys)
@@ -196,3 +207,66 @@ def load_torch_file(path: str | os.PathLike, allowed: Mapping[str, Any] | None =
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, KeyError, TypeError,
             AttributeError, IndexError, UnicodeDecodeError, MemoryError) as exc:
         raise _damaged(path, type(exc).__name__) from None
+
+
+# ---- fairseq checkpoints -------------------------------------------------------------------------------
+class InertPickledObject:
+    """Stand-in for a pickled third-party object: remembers what the pickle gave it, runs nothing.
+
+    Attributes: ``pickled_name`` (the global it replaces), ``args`` / ``kwargs`` (constructor or reduce
+    arguments) and ``state`` (whatever the pickle's BUILD step supplied).
+    """
+
+    pickled_name = "?"
+
+    def __new__(cls, *args: Any, **kwargs: Any) -> InertPickledObject:
+        obj = super().__new__(cls)
+        obj.args = args
+        obj.kwargs = kwargs
+        obj.state = None
+        return obj
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:  # noqa: D401 - nothing to do
+        pass
+
+    def __setstate__(self, state: Any) -> None:
+        self.state = state
+
+    def __repr__(self) -> str:
+        return f"<inert {self.pickled_name}>"
+
+
+def _inert_class(full_name: str) -> type:
+    return type(full_name.rsplit(".", 1)[-1], (InertPickledObject,), {"pickled_name": full_name})
+
+
+def _fairseq_config_globals() -> dict[str, Any]:
+    """Name -> object for the plain data a fairseq checkpoint's configuration holds (see the module text)."""
+    allowed: dict[str, Any] = {"argparse.Namespace": argparse.Namespace, "typing.Any": typing.Any}
+    for name in _DATA_NAMES:
+        module, _, attr = name.rpartition(".")
+        allowed[name] = getattr(importlib.import_module(module), attr)
+    from omegaconf import base, dictconfig, listconfig, nodes
+
+    for module, names in (
+        (dictconfig, ["DictConfig"]),
+        (listconfig, ["ListConfig"]),
+        (base, ["ContainerMetadata", "Metadata"]),
+        (nodes, ["AnyNode", "StringNode", "IntegerNode", "FloatNode", "BooleanNode", "BytesNode", "PathNode"]),
+    ):
+        for name in names:
+            obj = getattr(module, name, None)
+            if obj is not None:
+                allowed[f"{module.__name__}.{name}"] = obj
+    return allowed
+
+
+def _inert_fairseq(name: str) -> type | None:
+    """An inert stand-in for a ``fairseq.`` global (never imported or called); None for anything else."""
+    return _inert_class(name) if name.startswith("fairseq.") else None
+
+
+def load_fairseq_file(path: str | os.PathLike) -> Any:
+    """:func:`load_torch_file` for fairseq / Hugging Face ``torch.save`` files: their configuration's plain
+    data is allowed and ``fairseq.`` globals become inert recorders. Errors as :func:`load_torch_file`."""
+    return load_torch_file(path, allowed=_fairseq_config_globals(), decide=_inert_fairseq)

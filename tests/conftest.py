@@ -15,11 +15,6 @@ torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 FIXTURE_DIR = Path(__file__).resolve().parent / "fixtures" / "rvc_tiny_v2_f0"
 
 
-# The reference fixture's configuration: v2, 40k structure, tiny widths, 4 speakers.
-TINY_CONFIG = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-               [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
-
-
 @pytest.fixture(scope="session")
 def fixture_dir() -> Path:
     return FIXTURE_DIR
@@ -33,7 +28,7 @@ def fixture_model_path(fixture_dir: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_hubert_v2(tmp_path_factory) -> Path:
     """A random tiny HuBERT (fairseq layout) giving 768-wide v2 features, shared by the whole session."""
-    from rvc_lora.features.content_testing import make_random_checkpoint
+    from rvc_lora.demo.random_hubert import make_random_checkpoint
 
     return make_random_checkpoint(tmp_path_factory.mktemp("hubert_v2") / "hubert.pt", size="tiny", embed_dim=768)
 

@@ -15,7 +15,8 @@ from rvc_lora.utils import RVCLoraError
 
 def test_unknown_best_metric_is_refused_before_training(tmp_path):
     make_setup(tmp_path)
-    with pytest.raises(RVCLoraError, match="trainer.best_metric must be one of auto, mel_l1, speaker_similarity"):
+    with pytest.raises(RVCLoraError, match=r"trainer.best_metric: Invalid value 'loudness', expected one of "
+                                           r"\[auto, mel_l1, speaker_similarity\]"):
         run_training(tiny_config(tmp_path, **{"trainer.best_metric": "loudness"}))
     assert not (tmp_path / "run" / "checkpoints").exists()
 

@@ -11,8 +11,8 @@ import torch
 from rvc_lora.checkpoint import load_rvc, rvc_state_dict, save_pretrained, save_rvc
 from rvc_lora.cli import main
 from rvc_lora.models import build_discriminator, build_synthesizer, shipped_config
+from rvc_lora.models.configs import tiny_config
 from rvc_lora.utils import RVCLoraError
-from tests.conftest import TINY_CONFIG
 
 # rvc_reference.md section 2: keys without enc_q per variant.
 KEYS_WITHOUT_ENC_Q = {
@@ -27,7 +27,7 @@ KEYS_WITHOUT_ENC_Q = {
 
 def _tiny(f0: bool = True, version: str = "v2", seed: int = 0):
     torch.manual_seed(seed)
-    return build_synthesizer(config=list(TINY_CONFIG), version=version, f0=f0).eval()
+    return build_synthesizer(config=tiny_config(), version=version, f0=f0).eval()
 
 
 def _materialized(version: str, sr: int, f0: bool):
@@ -114,7 +114,7 @@ def test_pretrained_base_layout_loads_strictly_and_infers_its_variant(tmp_path: 
 def test_training_checkpoints_and_discriminators_load(tmp_path: Path):
     model = _tiny()
     torch.save({"model": model.state_dict(), "iteration": 3, "optimizer": {"state": {}, "param_groups": []},
-                "learning_rate": 1e-4, "config": list(TINY_CONFIG), "version": "v2", "f0": 1},
+                "learning_rate": 1e-4, "config": tiny_config(), "version": "v2", "f0": 1},
                tmp_path / "G_100.pth")
     ckpt = load_rvc(tmp_path / "G_100.pth")
     assert ckpt.format == "training" and ckpt.extra["iteration"] == 3
@@ -202,7 +202,7 @@ def test_wrong_missing_and_extra_keys_are_named(fixture_model_path: Path, tmp_pa
 
 def test_save_pretrained_round_trip_for_non_shipped_config(tmp_path: Path):
     model = _tiny(seed=1)
-    path = save_pretrained(model, tmp_path / "base.pth", config=list(TINY_CONFIG), version="v2", f0=1)
+    path = save_pretrained(model, tmp_path / "base.pth", config=tiny_config(), version="v2", f0=1)
     ckpt = load_rvc(path)
     assert ckpt.format == "pretrained" and hasattr(ckpt.model, "enc_q")
     for key, value in model.state_dict().items():

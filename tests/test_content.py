@@ -12,13 +12,13 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from rvc_lora.demo.random_hubert import SIZES, make_random_checkpoint
 from rvc_lora.features.content import (
     ContentEncoder,
     ContentModelMissing,
     conv_output_frames,
     load_content_encoder,
 )
-from rvc_lora.features.content_testing import SIZES, make_random_checkpoint
 from rvc_lora.utils import RVCLoraError
 
 

@@ -14,17 +14,15 @@ from torch import nn
 from rvc_lora.checkpoint import save_rvc
 from rvc_lora.config import load_config
 from rvc_lora.data.experiment import ExperimentLayout, read_info, read_manifest
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.features.content import ContentEncoder, load_content_model
-from rvc_lora.features.content_testing import make_random_checkpoint
 from rvc_lora.features.content_torchscript import TorchScriptContentEncoder, is_torchscript_archive, rvc_frame_count
 from rvc_lora.infer import Converter
 from rvc_lora.infer.command import main as convert_main
 from rvc_lora.models import build_synthesizer
+from rvc_lora.models.configs import tiny_config
 from rvc_lora.prepare import run_prepare
 from rvc_lora.utils import RVCLoraError
-
-TINY_V1 = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-           [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
 
 
 class FrameEncoder(nn.Module):
@@ -120,7 +118,7 @@ def test_prepare_uses_the_scripted_encoder(tmp_path, encoder_file):
 def test_convert_cli_takes_a_content_model(tmp_path, encoder_file):
     path, _ = encoder_file
     torch.manual_seed(0)
-    model = save_rvc(build_synthesizer(config=TINY_V1, version="v1", f0=True), tmp_path / "v1.pth")
+    model = save_rvc(build_synthesizer(config=tiny_config(), version="v1", f0=True), tmp_path / "v1.pth")
     wav = tmp_path / "in.wav"
     sf.write(wav, harmonic_tone(200.0, 1.0, 16000, amplitude=0.4), 16000)
     out = tmp_path / "out.wav"

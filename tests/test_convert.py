@@ -9,7 +9,7 @@ import torch
 from train_helpers import make_adapter
 
 from rvc_lora.checkpoint import load_rvc
-from rvc_lora.features.content_testing import make_random_checkpoint
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.infer import Converter, ConvertOptions, PipelineConstants
 from rvc_lora.infer.command import main as convert_main
 from rvc_lora.infer.pipeline import convert_audio, cut_points

@@ -24,6 +24,7 @@ from rvc_lora.models import (
     spectrogram,
     training_config,
 )
+from rvc_lora.models.configs import tiny_config
 
 # (version, sr, f0) -> (keys, params M, keys without enc_q, params M without enc_q), from RVC itself
 EXPECTED_SIZES = {
@@ -41,9 +42,7 @@ EXPECTED_SIZES = {
     ("v2", 48000, False): (549, 37.57, 446, 28.65),
 }
 
-# A tiny v2 40k-structured config (the shape of the shared fixture): fast on CPU.
-TINY = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
+TINY = tiny_config()  # the shape of the shared fixture: fast on CPU
 
 
 def _meta_state(version: str, sr: int, f0: bool) -> dict[str, torch.Tensor]:

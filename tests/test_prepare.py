@@ -1,11 +1,12 @@
-"""``rvc-lora prepare`` end to end on generated audio: experiment folder, bad inputs, resume, sharding."""
+"""``rvc-lora prepare`` end to end on generated audio: experiment folder, bad inputs, resume, torchrun ranks."""
 
 from __future__ import annotations
 
-import csv
 import os
 import shutil
-import threading
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -24,9 +25,9 @@ from audio_fixtures import (
 from rvc_lora.config import load_config
 from rvc_lora.data.experiment import read_info, read_manifest
 from rvc_lora.data.index import load_index
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.features.content import ContentModelMissing
-from rvc_lora.features.content_testing import make_random_checkpoint
-from rvc_lora.prepare import choose_validation, run_prepare, sharding
+from rvc_lora.prepare import choose_validation, run_prepare
 from rvc_lora.prepare import pipeline as pipeline_mod
 from rvc_lora.utils import RVCLoraError
 
@@ -346,7 +347,7 @@ def test_long_file_is_chunked(hubert, tmp_path):
     assert medians == [150, 200, 250]
 
 
-def test_worker_pool_and_sharding_match_single_process(prepared, hubert, tmp_path, monkeypatch):
+def test_worker_pool_matches_single_process(prepared, hubert, tmp_path, monkeypatch):
     base, _, first = prepared
     expected = [(r.name, r.status, r.split, r.problem) for r in first.rows]
     # Worker processes (forced even for this small input).
@@ -355,51 +356,80 @@ def test_worker_pool_and_sharding_match_single_process(prepared, hubert, tmp_pat
     assert [(r.name, r.status, r.split, r.problem) for r in pooled.rows] == expected
     assert pooled.counts["decoded"] == len([f for f in (base / "in").rglob("*") if f.suffix != ".txt" and f.is_file()])
 
-    # Two ranks sharing one folder (threads standing in for torchrun processes).
-    shards = {"rank0": sharding.Shard(0, 2, "t"), "rank1": sharding.Shard(1, 2, "t")}
-    monkeypatch.setattr(sharding, "shard_from_env", lambda env=None: shards[threading.current_thread().name])
-    out: dict[str, object] = {}
-    cfgs = {n: make_cfg(base / "in", tmp_path / "shard", hubert, "data.shard_timeout_s=60") for n in shards}
 
-    def work(name: str) -> None:
-        try:
-            out[name] = run_prepare(cfgs[name])
-        except BaseException as err:  # surfaced below
-            out[name] = err
-
-    threads = [threading.Thread(target=work, args=(n,), name=n) for n in shards]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(timeout=120)
-    assert not any(isinstance(v, BaseException) for v in out.values()), out
-    main, other = out["rank0"], out["rank1"]
-    assert [(r.name, r.status, r.split, r.problem) for r in main.rows] == expected
-    assert {r.name for r in other.rows} < {r.name for r in main.rows}
-    assert all(int(r.name.split("_")[0]) % 2 == 1 for r in other.rows)
-    with open(tmp_path / "shard" / "manifest.csv", newline="") as handle:
-        assert len(list(csv.DictReader(handle))) == len(expected)
-    assert main.index_path is not None and main.index_path.is_file()
-    assert os.path.getsize(tmp_path / "shard" / "filelist.txt") > 0
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
-def test_shard_from_env():
-    assert sharding.shard_from_env({}) == sharding.Shard(0, 1, "")
-    shard = sharding.shard_from_env({"RANK": "1", "WORLD_SIZE": "3", "TORCHELASTIC_RUN_ID": "x"})
-    assert shard.owns(4) and not shard.owns(3) and not shard.is_main
-    with pytest.raises(RVCLoraError):
-        sharding.shard_from_env({"RANK": "3", "WORLD_SIZE": "3"})
+def test_prepare_on_two_gloo_ranks_matches_one_process_and_resumes_with_one(prepared, hubert, tmp_path):
+    base, _, first = prepared
+    expected = [(r.name, r.status, r.split, r.problem) for r in first.rows]
+    exp = tmp_path / "two_ranks"
+    args = ["model=tiny", f"data.input_dir={base / 'in'}", f"data.experiment_dir={exp}", "data.name=unit",
+            "pitch.method=dio", f"content.path={hubert}", "data.min_total_seconds=10", "data.num_workers=0",
+            "data.validation_pieces=3", "data.progress=false", "data.shard_timeout_s=300"]
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    run = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-addr", "127.0.0.1",
+         "--master-port", str(_free_port()), "-m", "rvc_lora.cli", "prepare", *args],
+        capture_output=True, text=True, timeout=600, env=env)
+    assert run.returncode == 0, run.stdout[-2000:] + run.stderr[-4000:]
+    rows = read_manifest(exp / "manifest.csv")
+    assert [(r.name, r.status, r.split, r.problem) for r in rows] == expected
+    assert (exp / "filelist.txt").read_text() == (base / "exp" / "filelist.txt").read_text().replace(
+        str(base / "exp"), str(exp))
+    two, one = (load_index(next(folder.glob("added_*.index"))) for folder in (exp, base / "exp"))
+    assert two.big_npy.shape == one.big_npy.shape
+    # The cache is per input file, not per rank: one process finds everything done.
+    again = run_prepare(make_cfg(base / "in", exp, hubert))
+    assert (again.counts["decoded"], again.counts["pitch_computed"], again.counts["content_computed"]) == (0, 0, 0)
+    assert [(r.name, r.status, r.split, r.problem) for r in again.rows] == expected
 
 
-def test_gather_reports_failed_rank_and_timeout(tmp_path):
-    s0, s1 = sharding.Shard(0, 2), sharding.Shard(1, 2)
-    sharding.publish(tmp_path, "ingest", s0, "tok", {"seconds": 1.0})
-    sharding.publish(tmp_path, "ingest", s1, "old-token", {"seconds": 5.0})  # stale: ignored
-    with pytest.raises(RVCLoraError, match=r"waiting for rank\(s\) \[1\]"):
-        sharding.gather(tmp_path, "ingest", s0, "tok", timeout_s=0.2, poll_s=0.05)
-    sharding.publish(tmp_path, "ingest", s1, "tok", error="disk full")
-    with pytest.raises(RVCLoraError, match="rank 1 failed: disk full"):
-        sharding.gather(tmp_path, "ingest", s0, "tok", timeout_s=1)
+# Two ranks as run_prepare drives them: rank 1 fails before the first meeting (or never turns up); rank 0
+# reaches the meeting, reports what it got and, as run_prepare does, attends the remaining ones with it.
+RANK_SCRIPT = """
+import contextlib, sys, time
+from rvc_lora.prepare import sharding
+from rvc_lora.utils import RVCLoraError
+shard = sharding.join(timeout_s=float(sys.argv[1]))
+if shard.rank == 1 and sys.argv[2] == "fail":
+    shard.fail_remaining("disk full")
+    print("rank 1 reported")
+elif shard.rank == 1:
+    time.sleep(float(sys.argv[1]) * 4)
+else:
+    try:
+        shard.exchange("ingest", {"seconds": 1.0})
+    except RVCLoraError as err:
+        print(err)
+        with contextlib.suppress(RVCLoraError):
+            shard.fail_remaining(str(err))
+sharding.leave(shard)
+"""
+
+
+@pytest.mark.parametrize(("scenario", "expected"), [
+    ("fail", "prepare rank 1 failed: disk full"),
+    ("silent", "prepare rank 0: gave up waiting for the other ranks at the ingest stage (data.shard_timeout_s=3)"),
+])
+def test_a_failing_or_silent_rank_stops_the_others_with_one_line(scenario, expected):
+    port = str(_free_port())
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "WORLD_SIZE": "2",
+           "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+    ranks = [subprocess.Popen([sys.executable, "-c", RANK_SCRIPT, "3", scenario], env={**env, "RANK": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in (0, 1)]
+    try:
+        out0, err0 = ranks[0].communicate(timeout=120)
+        if scenario == "fail":
+            out1, err1 = ranks[1].communicate(timeout=60)
+            assert ranks[1].returncode == 0 and "rank 1 reported" in out1, out1 + err1
+    finally:
+        ranks[1].kill()
+        ranks[1].communicate()
+    assert ranks[0].returncode == 0 and expected in out0, out0 + err0
 
 
 def test_changed_pitch_method_recomputes_only_pitch(prepared, hubert, tmp_path):

@@ -39,7 +39,7 @@ from safetensors.torch import save_file
 from train_helpers import make_adapter, make_base, make_experiment
 
 from rvc_lora.cli import main as cli_main
-from rvc_lora.features.content_testing import make_random_checkpoint
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.train.checkpointing import list_checkpoints, load_checkpoint, save_checkpoint
 from rvc_lora.utils import RVCLoraError
 

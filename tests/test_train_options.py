@@ -10,7 +10,7 @@ import torch
 from train_helpers import make_setup, tiny_config
 
 from rvc_lora.checkpoint import load_rvc
-from rvc_lora.features.content_testing import make_random_checkpoint
+from rvc_lora.demo.random_hubert import make_random_checkpoint
 from rvc_lora.infer import Converter, PipelineConstants
 from rvc_lora.lora import read_adapter
 from rvc_lora.train import run_training

@@ -19,9 +19,9 @@ from rvc_lora.data.experiment import (
     write_manifest,
 )
 from rvc_lora.models import build_synthesizer
+from rvc_lora.models import configs as model_configs
 
-TINY = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
+TINY = model_configs.tiny_config()
 SR = 40000
 
 
@@ -87,9 +87,12 @@ def make_adapter(model_path: Path, out: Path, seed: int) -> Path:
 def tiny_config(tmp: Path, groups: tuple[str, ...] = (), **trainer: object) -> DictConfig:
     """A composed training config for the tiny experiment under ``tmp`` (built by ``make_setup``).
 
-    ``groups`` are command-line overrides composed first (``lora=loha``); ``trainer`` keys are set after.
+    ``groups`` are command-line overrides composed first (``lora=loha``); ``trainer`` maps dotted keys to
+    values set after, checked against the schema as command-line overrides are.
     """
-    from rvc_lora.config import load_config
+    from omegaconf.errors import OmegaConfBaseException
+
+    from rvc_lora.config import composition_error, load_config
 
     overrides = [
         "model=tiny", f"data.experiment_dir={tmp / 'exp'}", "data.name=tiny", f"run_dir={tmp / 'run'}",
@@ -98,9 +101,11 @@ def tiny_config(tmp: Path, groups: tuple[str, ...] = (), **trainer: object) -> D
         "logging.audio_clips=1", "lora.rank=2", "lora.alpha=2", "trainer.segment_frames=8", *groups,
     ]
     cfg = load_config(overrides)
-    OmegaConf.set_struct(cfg, False)
     for key, value in trainer.items():
-        OmegaConf.update(cfg, key.replace("__", "."), value, force_add=True)
+        try:
+            OmegaConf.update(cfg, key.replace("__", "."), value, merge=False)
+        except OmegaConfBaseException as exc:
+            raise composition_error(exc, {}) from None
     return cfg
 
 

@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_common import add_allocator_flag, setup_allocator
 
 from rvc_lora.checkpoint import save_rvc  # noqa: E402
-from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E402
+from rvc_lora.demo.random_hubert import make_random_checkpoint  # noqa: E402
 from rvc_lora.generator_lora import SynthesizerLoRA  # noqa: E402
 from rvc_lora.infer import Converter, StageTimes  # noqa: E402
 from rvc_lora.lora import LoRAConfig, lora_layers  # noqa: E402

@@ -52,7 +52,7 @@ def main() -> None:
     allocator = setup_allocator(args)
 
     from rvc_lora.config import load_config
-    from rvc_lora.features.content_testing import make_random_checkpoint
+    from rvc_lora.demo.random_hubert import make_random_checkpoint
     from rvc_lora.prepare import run_prepare
 
     with tempfile.TemporaryDirectory(prefix="bench-prepare-") as tmp:

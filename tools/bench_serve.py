@@ -43,7 +43,7 @@ from bench_common import add_allocator_flag, setup_allocator  # noqa: E402
 from bench_convert import make_adapter, speech_like  # noqa: E402
 
 from rvc_lora.checkpoint import save_rvc  # noqa: E402
-from rvc_lora.features.content_testing import make_random_checkpoint  # noqa: E402
+from rvc_lora.demo.random_hubert import make_random_checkpoint  # noqa: E402
 from rvc_lora.models import build_synthesizer  # noqa: E402
 
 ADAPTERS = ("alice", "bob", "carol")

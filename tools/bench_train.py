@@ -29,9 +29,6 @@ MODES = {
     "LoRA r8, D frozen": ["trainer.discriminator=frozen"],
     "LoRA r8, mel only": ["trainer.discriminator=mel_only"],
 }
-TINY = [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        [10, 10, 2, 2], 64, [16, 16, 4, 4], 4, 16, 40000]
-
 
 def _fabricate(root: Path, tiny: bool) -> None:
     """A 3-piece v2 40 kHz experiment of random audio and a random base generator."""
@@ -42,6 +39,7 @@ def _fabricate(root: Path, tiny: bool) -> None:
     from rvc_lora.checkpoint import save_pretrained
     from rvc_lora.data.experiment import ExperimentInfo, ExperimentLayout, ManifestRow, write_info, write_manifest
     from rvc_lora.models import build_synthesizer
+    from rvc_lora.models.configs import tiny_config
 
     rng = np.random.default_rng(0)
     layout = ExperimentLayout(root / "exp", "v2")
@@ -57,8 +55,8 @@ def _fabricate(root: Path, tiny: bool) -> None:
     write_manifest(layout.manifest_path, rows)
     write_info(layout, ExperimentInfo("bench", "v2", 40000, True, 768))
     torch.manual_seed(0)
-    synth = build_synthesizer(config=TINY if tiny else None, version="v2", f0=True)
-    kwargs = {"config": TINY, "version": "v2", "f0": 1, "sr": "40k"} if tiny else {}
+    synth = build_synthesizer(config=tiny_config() if tiny else None, version="v2", f0=True)
+    kwargs = {"config": tiny_config(), "version": "v2", "f0": 1, "sr": "40k"} if tiny else {}
     save_pretrained(synth, root / "G.pth", **kwargs)
 
 

@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     _done(t)
 
     t = _stage("2/5 preparing datasets (tiny random HuBERT, dio pitch)")
-    from rvc_lora.features.content_testing import make_random_checkpoint
+    from rvc_lora.demo.random_hubert import make_random_checkpoint
     from rvc_lora.prepare import run_prepare
 
     hubert = out / "assets" / "hubert_tiny.pt"
@@ -87,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
     t = _stage(f"3/5 building a tiny base model: full training for {args.base_steps} steps")
     from rvc_lora.checkpoint import save_pretrained
     from rvc_lora.models import build_synthesizer
+    from rvc_lora.models.configs import tiny_config
     from rvc_lora.train import run_training
 
     init = out / "assets" / "tiny_init_G.pth"
@@ -95,8 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
         torch.manual_seed(0)
         cfg = load_config(["model=tiny_v1"])
-        synth = build_synthesizer(config=list(cfg.model.config), version=cfg.model.version, f0=cfg.model.f0)
-        save_pretrained(synth, init, dtype=torch.float32, config=cfg.model.config, version="v1", f0=1)
+        synth = build_synthesizer(config=tiny_config(), version=str(cfg.model.version), f0=cfg.model.f0)
+        save_pretrained(synth, init, dtype=torch.float32, config=tiny_config(), version="v1", f0=1)
     train_common = [*common, "trainer.batch_size=4", "trainer.validation_interval=40",
                     "trainer.checkpoint_interval=40", "trainer.log_interval=5", "data.validation_pieces=2"]
     base_run = out / "runs" / "tiny_base"

@@ -8,7 +8,7 @@ the checkpoint says so (fairseq ``task.normalize`` / Transformers ``do_normalize
 
 The network is torchaudio's ``Wav2Vec2Model``; fairseq and Hugging Face checkpoints are renamed onto it
 (see :mod:`rvc_lora.features.content_layouts`) and loaded without executing pickled code
-(:mod:`rvc_lora.features.content_safe_load`). :func:`load_content_model` is what ``prepare`` and
+(:func:`rvc_lora.safe_load.load_fairseq_file`). :func:`load_content_model` is what ``prepare`` and
 ``convert`` call: it also accepts any TorchScript content encoder
 (:mod:`rvc_lora.features.content_torchscript`), chosen by ``kind`` or detected.
 """
@@ -34,12 +34,12 @@ from rvc_lora.features.content_layouts import (
     infer_spec,
     to_torchaudio_keys,
 )
-from rvc_lora.features.content_safe_load import safe_torch_load
 from rvc_lora.features.content_torchscript import (
     TorchScriptContentEncoder,
     is_torchscript_archive,
     load_torchscript_encoder,
 )
+from rvc_lora.safe_load import load_fairseq_file
 from rvc_lora.utils import RVCLoraError, resolve_device
 
 OUTPUT_LAYER = {"v1": 9, "v2": 12}
@@ -177,7 +177,7 @@ def _load_tensor_file(path: Path) -> Any:
             return load_file(str(path))
         except Exception as err:  # safetensors raises its own error types
             raise RVCLoraError(f"{path}: unreadable safetensors file ({err})") from err
-    return safe_torch_load(path)
+    return load_fairseq_file(path)
 
 
 def _hf_weight_file(folder: Path) -> Path:

@@ -1,4 +1,4 @@
-"""Concrete pitch extractors (see ``rvc_lora.features.pitch`` for the shared interface and grid)."""
+"""Concrete pitch extractors (see ``rvc_lora.features.pitch_extractor`` for the shared interface and grid)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rvc_lora.features.pitch import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, PitchExtractor
+from rvc_lora.features.pitch_extractor import F0_MAX, F0_MIN, HOP, SAMPLE_RATE, PitchExtractor
 from rvc_lora.utils import RVCLoraError
 
 

@@ -22,6 +22,7 @@ __all__ = [
     "mel_settings",
     "parse_sample_rate",
     "shipped_config",
+    "tiny_config",
     "training_config",
 ]
 
@@ -44,6 +45,14 @@ SHIPPED_CONFIGS: dict[tuple[str, int], list] = {
     ("v2", 48000): _config(1025, [12, 10, 2, 2], [24, 20, 4, 4], 48000),
 }
 
+
+
+def tiny_config() -> list:
+    """RVC's 40k structure at tiny widths (hidden 32, inter 16, upsample 64, 4 speakers, gin 16): the model
+    of ``model=tiny`` / ``model=tiny_v1``, the offline demo, the tests' reference fixture and benchmarks.
+    Not a voice model. A fresh copy each call."""
+    return [1025, 32, 16, 32, 64, 2, 2, 3, 0, "1", [3, 7, 11], copy.deepcopy(_DILATIONS), [10, 10, 2, 2], 64,
+            [16, 16, 4, 4], 4, 16, 40000]
 
 @dataclass(frozen=True)
 class MelSettings:

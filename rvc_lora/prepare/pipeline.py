@@ -11,11 +11,13 @@ Stages, each with a progress bar and resumable (finished work is skipped on re-r
             with ``data.build_index``, the faiss index over the train features (not the silence piece's).
 
 Checks that need no audio (content model present, pitch method usable, input folder) run first.
-Under torchrun each rank takes every WORLD_SIZE-th file; see :mod:`rvc_lora.prepare.sharding`.
+Under torchrun each rank takes every WORLD_SIZE-th file and the ranks meet over a gloo process group; see
+:mod:`rvc_lora.prepare.sharding`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import multiprocessing
 import time
@@ -24,7 +26,7 @@ from concurrent.futures import Executor, ProcessPoolExecutor
 from dataclasses import asdict
 from pathlib import Path
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from rvc_lora.data.experiment import (
     FEATURE_DIMS,
@@ -49,7 +51,7 @@ from rvc_lora.prepare.ingest import (
 )
 from rvc_lora.prepare.mute import mute_row, write_mute_piece
 from rvc_lora.prepare.report import PrepareReport
-from rvc_lora.prepare.sources import AUDIO_EXTENSIONS, file_key, find_audio_files, fingerprint
+from rvc_lora.prepare.sources import find_audio_files, fingerprint
 from rvc_lora.utils import RVCLoraError, atomic_write, remove_stale_temp_files
 
 STATE_DIR = ".prepare"
@@ -57,42 +59,33 @@ STATE_DIR = ".prepare"
 POOL_MIN_BYTES = 16 * 1024 * 1024
 
 
-def _get(cfg: DictConfig, dotted: str, default=None):
-    value = OmegaConf.select(cfg, dotted, default=default)
-    return default if value is None else value
-
-
 def ingest_settings(cfg: DictConfig) -> IngestSettings:
     """The ingest parameters from ``cfg.data`` and ``cfg.model.sample_rate``."""
-    sl = _get(cfg, "data.slicer", {})
+    data, slicer = cfg.data, cfg.data.slicer
     return IngestSettings(
-        sample_rate=int(cfg.model.sample_rate),
-        highpass_hz=float(_get(cfg, "data.highpass_hz", 48)),
-        threshold_db=float(sl.get("threshold_db", -42)),
-        min_length_ms=int(sl.get("min_length_ms", 1500)),
-        min_interval_ms=int(sl.get("min_interval_ms", 400)),
-        hop_ms=int(sl.get("hop_ms", 15)),
-        max_sil_kept_ms=int(sl.get("max_sil_kept_ms", 500)),
-        piece_seconds=float(_get(cfg, "data.piece_seconds", 3.7)),
-        overlap_seconds=float(_get(cfg, "data.overlap_seconds", 0.3)),
-        max_peak=float(_get(cfg, "data.max_peak", 2.5)),
-        normalize_alpha=float(_get(cfg, "data.normalize_alpha", 0.75)),
-        min_piece_seconds=float(_get(cfg, "data.min_piece_seconds", 0.3)),
-        long_file_seconds=float(_get(cfg, "data.long_file_minutes", 20)) * 60.0,
-        chunk_seconds=float(_get(cfg, "data.chunk_seconds", 300)),
+        sample_rate=cfg.model.sample_rate,
+        highpass_hz=data.highpass_hz,
+        threshold_db=slicer.threshold_db,
+        min_length_ms=slicer.min_length_ms,
+        min_interval_ms=slicer.min_interval_ms,
+        hop_ms=slicer.hop_ms,
+        max_sil_kept_ms=slicer.max_sil_kept_ms,
+        piece_seconds=data.piece_seconds,
+        overlap_seconds=data.overlap_seconds,
+        max_peak=data.max_peak,
+        normalize_alpha=data.normalize_alpha,
+        min_piece_seconds=data.min_piece_seconds,
+        long_file_seconds=data.long_file_minutes * 60.0,
+        chunk_seconds=data.chunk_seconds,
     )
 
 
 def resolve_pitch_method(cfg: DictConfig) -> str:
     """``pitch.method``, with ``auto`` = rmvpe when ``pitch.rmvpe_path`` is set, else fcpe."""
-    from rvc_lora.features.pitch import METHODS, default_pitch_method
+    from rvc_lora.features.pitch import default_pitch_method
 
-    method = str(_get(cfg, "pitch.method", "auto")).lower().replace("_", "-")
-    if method == "auto":
-        return default_pitch_method(_get(cfg, "pitch.rmvpe_path"))
-    if method not in METHODS and method != "crepe-full":
-        raise RVCLoraError(f"pitch.method {method!r} is unknown; choose auto or one of {', '.join(METHODS)}")
-    return method
+    method = str(cfg.pitch.method)  # a PitchMethod: the schema allows only known methods
+    return default_pitch_method(cfg.pitch.rmvpe_path) if method == "auto" else method
 
 
 def check_content_path(path) -> str:
@@ -203,16 +196,14 @@ def _check_settings(cfg: DictConfig, use_f0: bool, method: str, pitch_device: st
 
     problems: list[str] = []
     content_error: ContentModelMissing | None = None
-    input_dir = _get(cfg, "data.input_dir")
+    input_dir = cfg.data.input_dir
     if input_dir is None:
         problems.append("data.input_dir is not set: give the folder of recordings (data.input_dir=...)")
-    elif not Path(str(input_dir)).expanduser().is_dir():
+    elif not Path(input_dir).expanduser().is_dir():
         problems.append(f"data.input_dir {input_dir}: folder not found")
-    if _get(cfg, "data.experiment_dir") is None:
-        problems.append("data.experiment_dir is not set")
     content_path = ""
     try:
-        content_path = check_content_path(_get(cfg, "content.path"))
+        content_path = check_content_path(cfg.content.path)
     except ContentModelMissing as exc:
         content_error = exc
         problems.append(str(exc))
@@ -236,25 +227,34 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     Returns the :class:`PrepareReport` (on rank 0 the merged one). Raises ``ContentModelMissing`` when no
     content model is available and ``RVCLoraError`` for unusable input (no files, too little audio).
     """
-    version = str(cfg.model.version)
-    if version not in FEATURE_DIMS:
-        raise RVCLoraError(f"model.version {version!r} is unknown (expected v1 or v2)")
-    use_f0 = bool(cfg.model.f0)
+    shard = sharding.join(cfg.data.shard_timeout_s)
+    try:
+        return _prepare(cfg, shard)
+    except BaseException as err:
+        if shard.world_size > 1:  # let the other ranks stop instead of waiting for this one
+            message = str(err) if isinstance(err, RVCLoraError) else f"{type(err).__name__}: {err}"
+            with contextlib.suppress(RVCLoraError):  # their errors are theirs to report
+                shard.fail_remaining(message)
+        raise
+    finally:
+        sharding.leave(shard)
+
+
+def _prepare(cfg: DictConfig, shard: sharding.Shard) -> PrepareReport:
+    version = str(cfg.model.version)  # an RVCVersion: v1 or v2
+    use_f0 = cfg.model.f0
     method = resolve_pitch_method(cfg) if use_f0 else ""
-    rmvpe_path = _get(cfg, "pitch.rmvpe_path")
-    pitch_device = default_device(str(_get(cfg, "pitch.device", "auto")))
+    rmvpe_path = cfg.pitch.rmvpe_path
+    pitch_device = default_device(cfg.pitch.device)
     content_path = _check_settings(cfg, use_f0, method, pitch_device, rmvpe_path)
-    exp_dir = Path(str(cfg.data.experiment_dir)).expanduser()
+    exp_dir = Path(cfg.data.experiment_dir).expanduser()
     settings = ingest_settings(cfg)
-    extensions = list(_get(cfg, "data.extensions", AUDIO_EXTENSIONS))
-    files = find_audio_files(cfg.data.input_dir, extensions, exclude=[exp_dir])
-    input_root = Path(str(cfg.data.input_dir)).expanduser()
-    shard = sharding.shard_from_env()
-    speaker_id = int(_get(cfg, "data.speaker_id", 0))
-    num_workers = int(_get(cfg, "data.num_workers", 1))
-    show = bool(_get(cfg, "data.progress", True)) and shard.is_main
-    timeout = float(_get(cfg, "data.shard_timeout_s", 86400))
-    exp_name = str(_get(cfg, "data.name", "voice"))
+    files = find_audio_files(cfg.data.input_dir, list(cfg.data.extensions), exclude=[exp_dir])
+    input_root = Path(cfg.data.input_dir).expanduser()
+    speaker_id = cfg.data.speaker_id
+    num_workers = cfg.data.num_workers
+    show = cfg.data.progress and shard.is_main
+    exp_name = cfg.data.name
 
     layout = ExperimentLayout(exp_dir, version)
     layout.make_dirs()
@@ -262,10 +262,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     (state_dir / "files").mkdir(parents=True, exist_ok=True)
     started = time.time()
     _clean_stray_temps(layout, older_than=started if shard.world_size == 1 else started - 30.0)
-    sharding.clear_own(state_dir, shard)
     rels = [p.relative_to(input_root).as_posix() for p in files]
-    token = fingerprint([file_key(p) | {"rel": r} for p, r in zip(files, rels, strict=True)],
-                        asdict(settings), shard.world_size, shard.run_id)
     state = _read_state(state_dir / "state.json")
     pitch_fp = fingerprint(method, rmvpe_path) if use_f0 else ""
     content_fp = fingerprint(content_path, version)
@@ -290,12 +287,8 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
         report.counts["decoded"] = sum(r.decoded for r in results)
         report.counts["pieces_written"] = sum(r.written for r in results)
         local_seconds = count_seconds(results)
-        if shard.world_size > 1:
-            sharding.publish(state_dir, "ingest", shard, token, {"seconds": local_seconds})
-            total_seconds = sum(p["seconds"] for p in sharding.gather(state_dir, "ingest", shard, token, timeout))
-        else:
-            total_seconds = local_seconds
-        needed = float(_get(cfg, "data.min_total_seconds", 60))
+        total_seconds = sum(p["seconds"] for p in shard.exchange("ingest", {"seconds": local_seconds}))
+        needed = cfg.data.min_total_seconds
         if total_seconds < needed:
             raise _too_little_audio(total_seconds, needed, len(files), results)
 
@@ -334,25 +327,19 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
             from rvc_lora.features.content import load_content_model
 
             t_load = time.perf_counter()
-            encoder = load_content_model(content_path, kind=str(_get(cfg, "content.kind", "auto")),
-                                         device=default_device(str(_get(cfg, "content.device", "auto"))),
-                                         half=_get(cfg, "content.half", "auto"))
+            encoder = load_content_model(content_path, kind=str(cfg.content.kind),
+                                         device=default_device(cfg.content.device), half=cfg.content.half)
             report.timings["content_model_load"] = time.perf_counter() - t_load
-            cerr, n = content_stage(layout, todo, encoder, int(_get(cfg, "content.batch_size", 8)), force,
+            cerr, n = content_stage(layout, todo, encoder, cfg.content.batch_size, force,
                                     _progress(show, "content", "piece"))
             errors.update(cerr)
             feature_dim = encoder.feature_dim(version)
             del encoder
         report.counts["content_computed"] = n
         report.timings["content"] = time.perf_counter() - t0
-    except BaseException as err:
+    except BaseException:
         if executor is not None:
             executor.shutdown(cancel_futures=True)
-        if shard.world_size > 1:  # let the other ranks stop instead of waiting for this one
-            message = str(err) if isinstance(err, RVCLoraError) else f"{type(err).__name__}: {err}"
-            for kind in sharding.KINDS:
-                if not sharding.shard_file(state_dir, kind, shard.rank).is_file():
-                    sharding.publish(state_dir, kind, shard, token, error=message)
         raise
 
     # local rows and problems
@@ -368,22 +355,19 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     report.files = len(files)
     report.total_seconds = total_seconds
     if shard.world_size > 1:
-        payload = {"rows": [asdict(r) for r in rows], "problems": problems, "counts": report.counts}
-        sharding.publish(state_dir, "result", shard, token, payload)
+        parts = shard.exchange("result", {"rows": rows, "problems": problems})
         if not shard.is_main:
             report.rows, report.problems = rows, problems
             return report
-        rows, problems = [], []
-        for part in sharding.gather(state_dir, "result", shard, token, timeout):
-            rows += [ManifestRow(**r) for r in part["rows"]]
-            problems += [tuple(p) for p in part["problems"]]
+        rows = [row for part in parts for row in part["rows"]]
+        problems = [problem for part in parts for problem in part["problems"]]
     rows.sort(key=lambda r: _piece_key(r.name))
     order = {r: i for i, r in enumerate(rels)}
     problems.sort(key=lambda p: (order.get(p[0], len(rels)), p[1]))
 
     # 4. finish (rank 0) ----------------------------------------------------------------------------------
     ok_rows = [r for r in rows if r.status == "ok"]
-    val = choose_validation([r.name for r in ok_rows], int(_get(cfg, "data.validation_pieces", 0)))
+    val = choose_validation([r.name for r in ok_rows], cfg.data.validation_pieces)
     for r in ok_rows:
         r.split = "val" if r.name in val else "train"
     train_names = [r.name for r in ok_rows if r.split == "train"]
@@ -395,7 +379,7 @@ def run_prepare(cfg: DictConfig) -> PrepareReport:
     write_manifest(layout.manifest_path, rows)
     write_filelist(layout, train_names + [MUTE_NAME] * (MUTE_COPIES if mute_ok else 0), f0=use_f0,
                    speaker_id=speaker_id)
-    if bool(_get(cfg, "data.build_index", True)) and train_names:
+    if cfg.data.build_index and train_names:
         t0 = time.perf_counter()
         report.index_path, built = index_stage(
             layout, train_names, exp_name, fingerprint(train_names, content_fp),

@@ -24,10 +24,9 @@ from .checkpointing import (
 )
 from .loop import NonFiniteLossError, Trainer, TrainResult
 from .tensorboard_writer import launch_tensorboard
-from .validate import DISCRIMINATOR_MODES, check_config
+from .validate import check_config
 
 __all__ = [
-    "DISCRIMINATOR_MODES",
     "NonFiniteLossError",
     "TrainResult",
     "Trainer",

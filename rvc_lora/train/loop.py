@@ -15,7 +15,6 @@ import threading
 import time
 import warnings
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -25,14 +24,14 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from rvc_lora import distributed as dist_utils
 from rvc_lora.models import mel_settings
 from rvc_lora.utils import RVCLoraError, atomic_write, resolve_device
 
-from . import distributed as dist_utils
 from .checkpointing import capture_rng_state, latest_checkpoint, load_checkpoint, restore_rng_state, save_checkpoint
 from .dataset import BucketBatchSampler, PieceDataset, collate_pieces, split_pieces
 from .evaluation import validate
-from .outputs import export_run, save_adapter_file
+from .outputs import TrainResult, export_run, save_adapter_file
 from .setup import adamw_settings, build_models, resolve_precision
 from .speaker_similarity import SpeakerSimilarity, resolve_best_metric
 from .step import StepModels, StepSettings, train_step
@@ -60,28 +59,6 @@ def _groups(batches: Iterable, size: int) -> Iterator[list]:
             group = []
     if group:
         yield group
-
-
-@dataclass
-class TrainResult:
-    """What a run produced. Paths are None when not written (e.g. interrupted, or non-zero rank)."""
-
-    run_dir: Path
-    steps: int
-    epochs: int
-    adapter_path: Path | None = None
-    merged_path: Path | None = None
-    best_adapter_path: Path | None = None
-    base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
-    index_paths: list[Path] = field(default_factory=list)
-    best_step: int | None = None
-    best_metric: str = "mel_l1"                # trainer.best_metric as resolved: mel_l1 or speaker_similarity
-    best_value: float | None = None            # its value at best_step
-    final_losses: dict[str, float] = field(default_factory=dict)
-    skipped_steps: int = 0
-    interrupted: bool = False
-    stop_reason: str = ""
-    warnings: list[str] = field(default_factory=list)
 
 
 class Trainer:
@@ -131,19 +108,18 @@ class Trainer:
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision.scaler)
         self.ema = ParameterEMA(self.models.trainable_g, float(t.ema_decay)) if t.ema_decay else None
         self.step_models = StepModels(self.g_model, self.models.trainable_g, self.disc, self.d_model)
-        clip = t.get("grad_clip")
-        self.step_settings = StepSettings(self.settings, self.synth.segment_frames, float(t.c_mel), float(t.c_kl),
-                                          self.precision.dtype, float(clip) if clip else None, self.device, self.dist)
+        self.step_settings = StepSettings(self.settings, self.synth.segment_frames, t.c_mel, t.c_kl,
+                                          self.precision.dtype, t.grad_clip or None, self.device, self.dist)
 
         train_names, val_names = split_pieces(self.layout, int(cfg.data.validation_pieces))
         speaker = int(cfg.data.speaker_id)
-        max_frames = int(t.get("max_frames", 900))
+        max_frames = t.max_frames
         self.dataset = PieceDataset(self.layout, train_names, self.settings, self.info.f0, speaker, max_frames)
         self.val_dataset = PieceDataset(self.layout, val_names, self.settings, self.info.f0, speaker, max_frames)
         self.sampler = BucketBatchSampler(self.dataset.lengths, int(t.batch_size), int(t.seed),
-                                          int(t.get("bucket_width", 100)), self.dist.rank, self.dist.world_size)
+                                          t.bucket_width, self.dist.rank, self.dist.world_size)
         self.batches_per_epoch = len(self.sampler)
-        self.grad_accum = int(cfg.trainer.get("grad_accum", 1) or 1)  # batches per optimiser step
+        self.grad_accum = t.grad_accum  # batches per optimiser step
 
         self.step = 0
         self.epoch = 0
@@ -160,7 +136,7 @@ class Trainer:
         self._last_mels: tuple[torch.Tensor, torch.Tensor] | None = None  # (real, generated) of the last step
         self.resumed_from: Path | None = None
         torch.manual_seed(int(t.seed) + self.dist.rank)
-        if bool(t.get("resume", True)):
+        if t.resume:
             latest = latest_checkpoint(self.run_dir)
             if latest is not None:
                 self._load_state(load_checkpoint(latest))
@@ -322,7 +298,7 @@ class Trainer:
         t = self.cfg.trainer
         max_steps = self._max_steps()
         previous = self._install_signals()
-        show = self.dist.is_main and bool(self.cfg.logging.get("progress", True)) and sys.stderr.isatty()
+        show = self.dist.is_main and self.cfg.logging.progress and sys.stderr.isatty()
         bar = tqdm(total=max_steps, initial=min(self.step, max_steps), disable=not show, desc="train",
                    unit="step", dynamic_ncols=True)
         result = TrainResult(self.run_dir, self.step, self.epoch, warnings=list(self.models.warnings))
@@ -442,14 +418,31 @@ class Trainer:
     def _hparams(self) -> dict[str, Any]:
         c = self.cfg
         return {
-            "adapter": c.adapter, "lora/algorithm": c.lora.algorithm, "lora/rank": c.lora.rank,
-            "lora/alpha": c.lora.alpha,
-            "lora/dropout": c.lora.dropout, "lora/flow": c.lora.get("flow", False),
-            "lora/enc_p": c.lora.get("enc_p", False), "discriminator": c.trainer.discriminator,
+            "adapter": str(c.adapter), "lora/algorithm": str(c.lora.algorithm), "lora/rank": c.lora.rank,
+            "lora/alpha": c.lora.alpha, "lora/dropout": c.lora.dropout, "lora/flow": c.lora.flow,
+            "lora/enc_p": c.lora.enc_p, "discriminator": str(c.trainer.discriminator),
             "d_every": c.trainer.d_every, "lr": c.optim.lr, "batch_size": c.trainer.batch_size,
             "precision": self.precision.name, "world_size": self.dist.world_size,
             "trainable_params": sum(p.numel() for p in self.models.trainable_g),
             "version": self.info.version, "sample_rate": self.info.sample_rate,
+        }
+
+    def _training_summary(self) -> dict[str, Any]:
+        """The run's summary stored in the exported adapter's metadata."""
+        return {
+            "steps": self.step,
+            "epochs": self.epoch,
+            "final_losses": {k: round(v, 6) for k, v in self.last_losses.items()},
+            "best_step": self.best_step,
+            "best_metric": self.best_metric,
+            "best_value": self.best_value,
+            "skipped_steps": self.skipped,
+            "speaker_id": int(self.cfg.data.speaker_id),
+            "experiment": str(self.info.name),
+            "discriminator": self.mode,
+            "lr": float(self.cfg.optim.lr),
+            "batch_size": int(self.cfg.trainer.batch_size),
+            "world_size": self.dist.world_size,
         }
 
     def export(self, result: TrainResult) -> TrainResult:
@@ -457,7 +450,7 @@ class Trainer:
         if self.dist.is_main and not result.interrupted:
             if self.ema is not None:
                 self.ema.swap()
-            export_run(self, result)
+            export_run(result, self.models, self._training_summary(), self.layout.index_files())
         dist_utils.barrier(self.dist)
         return result
 

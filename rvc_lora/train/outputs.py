@@ -4,18 +4,40 @@ from __future__ import annotations
 
 import os
 import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from rvc_lora.checkpoint import save_pretrained, save_rvc
 
-if TYPE_CHECKING:
-    from .loop import Trainer, TrainResult
-    from .setup import Models
+from .setup import Models
 
-__all__ = ["export_run", "link_or_copy", "save_adapter_file"]
+__all__ = ["TrainResult", "export_run", "link_or_copy", "save_adapter_file"]
+
+
+@dataclass
+class TrainResult:
+    """What a run produced. Paths are None when not written (e.g. interrupted, or non-zero rank)."""
+
+    run_dir: Path
+    steps: int
+    epochs: int
+    adapter_path: Path | None = None
+    merged_path: Path | None = None
+    best_adapter_path: Path | None = None
+    base_paths: list[Path] = field(default_factory=list)  # G_full.pth / D_full.pth of a full fine-tune
+    index_paths: list[Path] = field(default_factory=list)
+    best_step: int | None = None
+    best_metric: str = "mel_l1"                # trainer.best_metric as resolved: mel_l1 or speaker_similarity
+    best_value: float | None = None            # its value at best_step
+    final_losses: dict[str, float] = field(default_factory=dict)
+    skipped_steps: int = 0
+    interrupted: bool = False
+    stop_reason: str = ""
+    warnings: list[str] = field(default_factory=list)
 
 
 def save_adapter_file(models: Models, path: str | Path, training: dict[str, Any]) -> Path:
@@ -39,27 +61,15 @@ def link_or_copy(source: Path, target: Path) -> Path:
     return target
 
 
-def export_run(trainer: Trainer, result: TrainResult) -> None:
-    """Fill ``result`` with the final files written into ``trainer.run_dir``."""
-    run_dir = trainer.run_dir
-    models = trainer.models
-    training = {
-        "steps": trainer.step,
-        "epochs": trainer.epoch,
-        "final_losses": {k: round(v, 6) for k, v in trainer.last_losses.items()},
-        "best_step": trainer.best_step,
-        "best_metric": trainer.best_metric,
-        "best_value": trainer.best_value,
-        "skipped_steps": trainer.skipped,
-        "speaker_id": int(trainer.cfg.data.speaker_id),
-        "experiment": str(trainer.info.name),
-        "discriminator": trainer.mode,
-        "lr": float(trainer.cfg.optim.lr),
-        "batch_size": int(trainer.cfg.trainer.batch_size),
-        "world_size": trainer.dist.world_size,
-    }
-    info = f"rvc-lora: {trainer.info.name}, {trainer.step} steps"
-    synth = trainer.synth
+def export_run(result: TrainResult, models: Models, training: dict[str, Any], index_files: Iterable[Path]) -> None:
+    """Write the final files into ``result.run_dir`` and fill ``result`` with their paths.
+
+    ``training`` (steps, losses, experiment name, ...) goes into the adapter's metadata; ``index_files``
+    (the experiment's faiss indexes) are linked or copied next to the model.
+    """
+    run_dir = result.run_dir
+    synth = models.synth
+    info = f"rvc-lora: {training['experiment']}, {training['steps']} steps"
     if models.adapters is not None:
         result.adapter_path = save_adapter_file(models, run_dir / "adapter.safetensors", training)
         with torch.no_grad():
@@ -73,6 +83,7 @@ def export_run(trainer: Trainer, result: TrainResult) -> None:
         meta = {"config": list(synth.config), "version": synth.version, "f0": int(synth.f0),
                 "sr": f"{int(synth.sample_rate) // 1000}k"}
         result.base_paths = [save_pretrained(synth, run_dir / "G_full.pth", dtype=torch.float32, **meta)]
-        if trainer.disc is not None:
-            result.base_paths.append(save_pretrained(trainer.disc, run_dir / "D_full.pth", dtype=torch.float32))
-    result.index_paths = [link_or_copy(p, run_dir / p.name) for p in trainer.layout.index_files()]
+        if models.discriminator is not None:
+            result.base_paths.append(save_pretrained(models.discriminator, run_dir / "D_full.pth",
+                                                     dtype=torch.float32))
+    result.index_paths = [link_or_copy(p, run_dir / p.name) for p in index_files]

@@ -78,8 +78,8 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
                                   speaker_id)
     # config[1] in RVC files is a placeholder; the training window comes from the mel settings.
     synth.segment_frames = mel_settings(base.version, base.sample_rate).segment_frames
-    if cfg.trainer.get("segment_frames"):
-        synth.segment_frames = int(cfg.trainer.segment_frames)
+    if cfg.trainer.segment_frames:
+        synth.segment_frames = cfg.trainer.segment_frames
     synth.dec.gradient_checkpointing = bool(cfg.trainer.gradient_checkpointing)
 
     adapters = None
@@ -87,14 +87,13 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
     if cfg.adapter == "lora":
         lora = cfg.lora
         config = lora_config(cfg)
-        adapters = SynthesizerLoRA(synth, config, flow=bool(lora.get("flow", False)),
-                                   enc_p=bool(lora.get("enc_p", False)), base_desc=str(cfg.base.g))
+        adapters = SynthesizerLoRA(synth, config, flow=lora.flow, enc_p=lora.enc_p, base_desc=str(cfg.base.g))
         for p in synth.parameters():
             p.requires_grad_(False)
         trainable = adapters.lora_parameters()
         for p in trainable:
             p.requires_grad_(True)
-        if lora.get("train_speaker_embedding", False):
+        if lora.train_speaker_embedding:
             speaker_delta = SpeakerRowDelta(synth.emb_g, speaker_id)
             synth.emb_g = speaker_delta
             trainable = trainable + [speaker_delta.delta]
@@ -123,7 +122,7 @@ def build_models(cfg: DictConfig, info: ExperimentInfo, device: torch.device) ->
                 message += " (and trainer.discriminator=frozen keeps that random discriminator fixed)"
             log.warning(message)
             warnings.append(message)
-            disc = build_discriminator(base.version, int(cfg.model.get("discriminator_divisor", 1) or 1))
+            disc = build_discriminator(base.version, cfg.model.discriminator_divisor)
         disc.to(device).train()
         for p in disc.parameters():
             p.requires_grad_(mode != "frozen")

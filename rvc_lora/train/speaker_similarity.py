@@ -13,12 +13,13 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from rvc_lora.config_schema import BestMetric
 from rvc_lora.utils import RVCLoraError
 
 __all__ = ["BEST_METRICS", "SpeakerSimilarity", "resemblyzer_available", "resolve_best_metric"]
 
 # trainer.best_metric values: auto = speaker_similarity when resemblyzer is installed, else mel_l1.
-BEST_METRICS = ("auto", "mel_l1", "speaker_similarity")
+BEST_METRICS = tuple(metric.value for metric in BestMetric)
 EMBED_RATE = 16000
 
 

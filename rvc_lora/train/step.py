@@ -21,10 +21,10 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from rvc_lora import distributed as dist_utils
 from rvc_lora.models import MelSettings, mel_spectrogram, spec_to_mel
 from rvc_lora.models.synthesizer import slice_segments
 
-from . import distributed as dist_utils
 from .losses import discriminator_losses, feature_matching_loss, generator_adversarial_loss, kl_loss, mel_l1
 
 __all__ = ["StepModels", "StepOutput", "StepSettings", "StepTensors", "grad_norm", "train_step"]

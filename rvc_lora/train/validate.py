@@ -17,12 +17,7 @@ from rvc_lora.utils import RVCLoraError
 
 from .speaker_similarity import resolve_best_metric
 
-__all__ = ["ADAPTER_MODES", "DISCRIMINATOR_MODES", "PRECISIONS", "check_base_against_experiment", "check_config",
-           "lora_config"]
-
-DISCRIMINATOR_MODES = ("train", "frozen", "every_k", "mel_only")
-ADAPTER_MODES = ("lora", "none")
-PRECISIONS = ("auto", "fp32", "fp16", "bf16")
+__all__ = ["check_base_against_experiment", "check_config", "lora_config"]
 
 
 def _int_at_least(problems: list[str], value, name: str, minimum: int) -> None:
@@ -52,25 +47,19 @@ def lora_config(cfg: DictConfig) -> LoRAConfig:
 def check_config(cfg: DictConfig) -> tuple[ExperimentLayout, ExperimentInfo]:
     """Validate ``cfg`` for training; returns the experiment's layout and description.
 
-    Raises ``RVCLoraError`` listing every problem found (values, missing folders and files,
-    contradictions between the model settings and the experiment).
+    Raises ``RVCLoraError`` listing every problem found (ranges, missing folders and files, contradictions
+    between the model settings and the experiment). Types and choices were checked at composition
+    (``rvc_lora.config_schema``).
     """
     problems: list[str] = []
     t = cfg.trainer
-    if cfg.adapter not in ADAPTER_MODES:
-        problems.append(f"adapter must be one of {', '.join(ADAPTER_MODES)}, got {cfg.adapter!r}")
     if cfg.adapter == "lora":
         try:
             lora_config(cfg)
         except RVCLoraError as exc:
             problems.append(str(exc))
-    if t.discriminator not in DISCRIMINATOR_MODES:
-        problems.append(f"unknown trainer.discriminator mode {t.discriminator!r}; expected one of "
-                        f"{', '.join(DISCRIMINATOR_MODES)}")
-    if t.precision not in PRECISIONS:
-        problems.append(f"trainer.precision must be one of {', '.join(PRECISIONS)}, got {t.precision!r}")
     _int_at_least(problems, t.batch_size, "trainer.batch_size", 1)
-    _int_at_least(problems, t.get("grad_accum", 1), "trainer.grad_accum", 1)
+    _int_at_least(problems, t.grad_accum, "trainer.grad_accum", 1)
     _int_at_least(problems, t.d_every, "trainer.d_every", 1)
     _int_at_least(problems, t.checkpoint_interval, "trainer.checkpoint_interval", 1)
     _int_at_least(problems, t.keep_checkpoints, "trainer.keep_checkpoints", 1)
@@ -135,19 +124,16 @@ def _check_experiment(problems: list[str], cfg: DictConfig, layout: ExperimentLa
         if len(shape) != 2 or shape[1] != expected_dim:
             problems.append(f"{sample}: content features of shape {tuple(shape)}, RVC {info.version} needs "
                             f"[frames, {expected_dim}]")
-    model = cfg.get("model")
-    if model is not None:
-        matching = f"model={info.version}_{int(info.sample_rate) // 1000}k"
-        if not info.f0:
-            matching += " model.f0=false"
-        for key, theirs in (("version", info.version), ("sample_rate", info.sample_rate), ("f0", info.f0)):
-            ours = model.get(key)
-            if ours is not None and ours != theirs and not (key == "f0" and bool(ours) == bool(theirs)):
-                problems.append(f"model.{key}={ours!r} contradicts the experiment ({layout.info_path}: "
-                                f"{key}={theirs!r}); choose the matching model ({matching}) or prepare again")
-    speaker = cfg.data.get("speaker_id", 0)
-    if isinstance(speaker, bool) or not isinstance(speaker, int) or speaker < 0:
-        problems.append(f"data.speaker_id must be an integer >= 0, got {speaker!r}")
+    matching = f"model={info.version}_{int(info.sample_rate) // 1000}k"
+    if not info.f0:
+        matching += " model.f0=false"
+    ours_by_key = {"version": str(cfg.model.version), "sample_rate": cfg.model.sample_rate, "f0": cfg.model.f0}
+    for key, theirs in (("version", info.version), ("sample_rate", info.sample_rate), ("f0", info.f0)):
+        ours = ours_by_key[key]
+        if ours != theirs and not (key == "f0" and bool(ours) == bool(theirs)):
+            problems.append(f"model.{key}={ours!r} contradicts the experiment ({layout.info_path}: "
+                            f"{key}={theirs!r}); choose the matching model ({matching}) or prepare again")
+    _int_at_least(problems, cfg.data.speaker_id, "data.speaker_id", 0)
 
 
 def check_base_against_experiment(base_path: str | Path, version: str, sample_rate: int | None, f0: bool | None,

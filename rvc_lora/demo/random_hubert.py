@@ -1,4 +1,5 @@
-"""Randomly initialised HuBERT checkpoints in the real on-disk layouts (for tests, demos, benchmarks).
+"""Randomly initialised HuBERT checkpoints in the real on-disk layouts: the offline demo's stand-in for RVC's
+``hubert_base.pt`` (tests and benchmarks use them too).
 
 ``make_random_checkpoint`` writes the same random weights (given the seed) either as a fairseq file
 like RVC's ``hubert_base.pt`` or as a Hugging Face ``HubertModel`` folder with ``final_proj``, so both

@@ -1,13 +1,14 @@
-"""torchrun / DDP helpers: initialise from the environment, rank queries, reductions.
+"""torchrun helpers for training (DDP) and ``prepare``: join the job from the environment, reductions, gathers.
 
 A process group is created only when ``WORLD_SIZE > 1`` (torchrun sets it, with RANK, LOCAL_RANK,
-MASTER_ADDR, MASTER_PORT): backend nccl on CUDA, gloo otherwise.
+MASTER_ADDR, MASTER_PORT): backend nccl on CUDA, gloo otherwise (or as asked).
 """
 
 from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -34,17 +35,26 @@ class DistInfo:
         return self.rank == 0
 
 
-def init_distributed(device: torch.device) -> DistInfo:
-    """Join the torchrun job described by the environment (no-op for a single process)."""
+def init_distributed(device: torch.device | None = None, backend: str | None = None,
+                     timeout: timedelta | None = None) -> DistInfo:
+    """Join the torchrun job described by the environment (no-op for a single process).
+
+    ``backend`` defaults to nccl for a CUDA ``device``, else gloo; ``timeout`` bounds every collective wait
+    (torch's default when None). Raises ValueError for RANK / WORLD_SIZE values that are not a valid place.
+    """
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
-        return DistInfo()
     rank = int(os.environ.get("RANK", "0"))
+    if world < 1 or not 0 <= rank < world:
+        raise ValueError(f"RANK={rank}, WORLD_SIZE={world} is not a place in the job")
+    if world == 1:
+        return DistInfo()
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     created = False
     if not dist.is_initialized():
-        backend = "nccl" if device.type == "cuda" else "gloo"
-        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world)
+        if backend is None:
+            backend = "nccl" if device is not None and device.type == "cuda" else "gloo"
+        extra = {} if timeout is None else {"timeout": timeout}
+        dist.init_process_group(backend=backend, init_method="env://", rank=rank, world_size=world, **extra)
         created = True
     return DistInfo(rank=rank, local_rank=local_rank, world_size=world, initialised_here=created)
 
