@@ -7,6 +7,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from rvc_lora.infer.precision import PRECISIONS
 from rvc_lora.utils import RVCLoraError, StorageError, check_writable_folder
 
 OUTPUT_SUFFIXES = ("wav", "flac")
@@ -52,8 +53,10 @@ def add_convert_arguments(parser: argparse.ArgumentParser) -> None:
                         help="loudness envelope: 1 keeps the output's, 0 copies the input's (default 0.25)")
     parser.add_argument("--speaker-id", type=int, default=0, help="speaker row of multi-speaker models")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
-                        help="auto = fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto = fp16 on CUDA, fp32 elsewhere; fp16 needs CUDA; bf16 runs the generator's "
+                             "stages in bfloat16, mixed all but the last (fast only where the processor has "
+                             "bf16: AVX-512 BF16 / AMX / CUDA); see the README's speed section")
     parser.add_argument("--seed", type=int, help="seed the synthesizer's noise for reproducible output")
     parser.add_argument("--force", action="store_true", help="apply adapters made for a different base")
 
@@ -172,15 +175,16 @@ def run_convert(args: argparse.Namespace) -> int:
         seed=args.seed,
     )
     options.validate()
-    half = None if args.precision == "auto" else args.precision == "fp16"
     converter = None
     if jobs:  # a folder that cannot take the outputs fails now, not after the models are loaded
         check_writable_folder(jobs[0].target.parent)
         converter = Converter(
             args.model, _hubert_path(args.hubert), [parse_adapter_spec(a) for a in args.adapter],
-            index=args.index, device=args.device, half=half, f0_method=args.f0_method, rmvpe=args.rmvpe,
-            force=args.force,
+            index=args.index, device=args.device, precision=args.precision, f0_method=args.f0_method,
+            rmvpe=args.rmvpe, force=args.force,
         )
+        if converter.note:
+            print(f"rvc-lora: note: {converter.note}", file=sys.stderr)
         if not 0 <= options.speaker_id < converter.n_speakers:
             raise RVCLoraError(f"--speaker-id {options.speaker_id}: {args.model} has {converter.n_speakers} "
                                f"speaker(s) (valid ids 0..{converter.n_speakers - 1})")
