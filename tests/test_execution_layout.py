@@ -135,3 +135,39 @@ def test_precision_plans_per_device() -> None:
     gpu = plan_execution("auto", cuda, 4)  # planning only: nothing runs on the device
     assert (gpu.precision, gpu.dtype, gpu.channels_last) == ("fp16", torch.float16, False)
     assert plan_execution("mixed", cuda, 4).reduced_dtype == torch.float16
+
+
+@pytest.fixture(scope="module")
+def tiny_hubert(tmp_path_factory):
+    from rvc_lora.features.content_testing import make_random_checkpoint
+
+    return make_random_checkpoint(tmp_path_factory.mktemp("hubert") / "hubert.pt", size="tiny", embed_dim=768)
+
+
+def test_converter_precisions_on_cpu(fixture_model_path, tiny_hubert, monkeypatch) -> None:
+    """fp32 channels-last converts like the default layout; mixed is close; fp16 is refused on CPU; emulated bf16
+    is announced."""
+    import numpy as np
+
+    from rvc_lora.infer import Converter, PipelineConstants
+    from rvc_lora.infer import precision as precision_module
+
+    fast = PipelineConstants(x_pad=0.2, x_query=0.3, x_center=1.0, x_max=10.0)
+    t = np.arange(12000) / 16000
+    audio = (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32)
+
+    def convert(**kwargs) -> tuple[np.ndarray, Converter]:
+        conv = Converter(fixture_model_path, tiny_hubert, device="cpu", f0_method="pm", constants=fast, **kwargs)
+        return conv.convert(audio, 16000, seed=0)[0], conv
+
+    default, _ = convert(layout="default")
+    fp32, conv = convert()
+    assert conv.synth.dec.channels_last and conv.note is None
+    assert float(np.abs(fp32 - default).max() / np.abs(default).max()) < EXACT  # measured 2.0e-6
+    monkeypatch.setattr(precision_module, "cpu_has_native_bf16", lambda: False)
+    mixed, conv = convert(precision="mixed")
+    assert "emulated" in conv.note and conv.synth.dec.reduced_stages == 3
+    relative = float(np.abs(mixed - fp32).max() / np.abs(fp32).max())
+    assert 0 < relative < 0.05  # measured 0.018
+    with pytest.raises(RVCLoraError, match="fp16 needs a CUDA"):
+        convert(precision="fp16")
