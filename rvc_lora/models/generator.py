@@ -172,7 +172,6 @@ class _HiFiGANBase(nn.Module):
         return self._stage_mean(stage, x)
 
 
-
 class Generator(_HiFiGANBase):
     """HiFi-GAN decoder of no-f0 RVC models: z ``[B, inter, T]`` (+ g) -> audio ``[B, 1, T * prod(rates)]``.
 

@@ -9,7 +9,8 @@ the v2 40k decoder's convolutions: 0.76x the time on 2 threads, 0.85x on 1).
 The rank of a tensor says its layout: 3-D is the usual ``[B, C, T]``, 4-D is NWC. :func:`apply_conv`
 dispatches on it, so one forward serves both layouts. Modules it cannot run as 2-D convolutions (weight
 norm hooks, LoRA wrappers, other padding modes) are called in their own ``[B, C, T]`` form and the
-result converted back: correct, only without the speed-up.
+result converted back: correct, only without the speed-up. Convolutions run as 2-D are not called as
+modules, so forward hooks registered on them do not fire in this layout.
 """
 
 from __future__ import annotations
