@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -118,8 +119,11 @@ class _HiFiGANBase(nn.Module):
         self.reduced_stages = int(reduced_stages)
         self.reduced_dtype = reduced_dtype
 
-    def _stage_precision(self, stage: int, x: torch.Tensor) -> torch.autocast:
-        return torch.autocast(x.device.type, dtype=self.reduced_dtype, enabled=stage < self.reduced_stages)
+    def _stage_precision(self, stage: int, x: torch.Tensor) -> AbstractContextManager:
+        """Autocast for a reduced stage; otherwise nothing (an outer autocast, as in training, stays in force)."""
+        if stage < self.reduced_stages:
+            return torch.autocast(x.device.type, dtype=self.reduced_dtype)
+        return nullcontext()
 
     def _enter(self, x: torch.Tensor) -> torch.Tensor:
         return to_nwc(x) if self.channels_last else x
