@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from rvc_lora.infer.precision import PRECISIONS
 from rvc_lora.utils import RVCLoraError, StorageError, check_writable_folder
 
 if TYPE_CHECKING:
@@ -47,8 +48,10 @@ def add_model_arguments(parser: argparse.ArgumentParser, adapters: bool = True) 
     parser.add_argument("--rmvpe", help="RVC's rmvpe.pt (for --f0-method rmvpe)")
     parser.add_argument("--index", help="faiss retrieval index (.index) built for this model")
     parser.add_argument("--device", default="auto", help="auto (CUDA, MPS, CPU), cpu, cuda, cuda:1, mps")
-    parser.add_argument("--precision", choices=("auto", "fp32", "fp16"), default="auto",
-                        help="auto = fp16 on CUDA, fp32 elsewhere")
+    parser.add_argument("--precision", choices=PRECISIONS, default="auto",
+                        help="auto = fp16 on CUDA, fp32 elsewhere; fp16 needs CUDA; bf16 runs the generator's "
+                             "stages in bfloat16, mixed all but the last (fast only where the processor has "
+                             "bf16: AVX-512 BF16 / AMX / CUDA); see the README's speed section")
 
 
 def add_option_arguments(parser: argparse.ArgumentParser) -> None:
@@ -100,10 +103,13 @@ def converter_from_args(args: argparse.Namespace, **overrides) -> Converter:
     from rvc_lora.merge import parse_adapter_spec
 
     kwargs = dict(adapters=[parse_adapter_spec(a) for a in getattr(args, "adapter", [])], index=args.index,
-                  device=args.device, half=None if args.precision == "auto" else args.precision == "fp16",
+                  device=args.device, precision=args.precision,
                   f0_method=args.f0_method, rmvpe=args.rmvpe, force=getattr(args, "force", False))
     kwargs.update(overrides)
-    return Converter(args.model, _hubert_path(args.hubert), **kwargs)
+    converter = Converter(args.model, _hubert_path(args.hubert), **kwargs)
+    if converter.note:
+        print(f"rvc-lora: note: {converter.note}", file=sys.stderr)
+    return converter
 
 
 @dataclass

@@ -28,6 +28,7 @@ from rvc_lora.infer.pipeline import (
     convert_audio,
     default_constants,
 )
+from rvc_lora.infer.precision import plan_execution
 from rvc_lora.lora import fold_all_weight_norm
 from rvc_lora.models.synthesizer import CONTENT_DIMS
 from rvc_lora.utils import RVCLoraError, resolve_device
@@ -73,7 +74,10 @@ class Converter:
         adapters: adapter files, as paths, ``"file.safetensors:0.7"`` strings or ``(path, strength)``.
         index: faiss index file for retrieval (or None).
         device: "auto" (CUDA, MPS, CPU), or any torch device string.
-        half: fp16 synthesizer and content model; None = fp16 on CUDA only.
+        precision: "auto" (fp16 on CUDA, fp32 elsewhere), "fp32", "mixed", "bf16" or "fp16" (CUDA only); see
+            :mod:`rvc_lora.infer.precision`. ``note`` says when the device only emulates it.
+        half: shorthand for precision "fp16" (True) or "fp32" (False) when ``precision`` is "auto".
+        layout: generator layout, "auto" (channels-last on CPU), "channels_last" or "default".
         f0_method: pitch method (default "rmvpe" if ``rmvpe`` is given, else "fcpe").
         rmvpe: RVC's ``rmvpe.pt`` (for f0_method "rmvpe").
         force: apply adapters whose base fingerprint does not match this model.
@@ -81,25 +85,31 @@ class Converter:
         content_kind: ``auto`` (detect), ``hubert`` or ``torchscript`` (as ``content.kind``).
 
     Attributes: ``sample_rate`` (model rate), ``version``, ``f0``, ``n_speakers``, ``device``, ``dtype``,
+    ``execution`` (:class:`~rvc_lora.infer.precision.ExecutionPlan`), ``note`` (a precision warning or None),
     ``adapters`` (list of (path, strength)), ``times`` (:class:`StageTimes`, accumulated).
     """
 
     def __init__(self, model: str | os.PathLike, hubert: str | os.PathLike | None,
                  adapters: Iterable[AdapterSpec] | None = None, *, index: str | os.PathLike | None = None,
-                 device: str = "auto", half: bool | None = None, f0_method: str | None = None,
-                 rmvpe: str | os.PathLike | None = None, force: bool = False,
-                 constants: PipelineConstants | None = None, content_kind: str = "auto") -> None:
+                 device: str = "auto", precision: str = "auto", half: bool | None = None,
+                 layout: str = "auto", f0_method: str | None = None, rmvpe: str | os.PathLike | None = None,
+                 force: bool = False, constants: PipelineConstants | None = None,
+                 content_kind: str = "auto") -> None:
         from rvc_lora.features.content import load_content_model
 
         self.device = resolve_device(device)
-        self.half = (self.device.type == "cuda") if half is None else bool(half)
-        self.dtype = torch.float16 if self.half else torch.float32
-        self.constants = constants or default_constants(self.half)
+        if half is not None and precision == "auto":
+            precision = "fp16" if half else "fp32"
         self.model_path = Path(model)
         ckpt = load_rvc(model)
         if ckpt.kind != "generator":
             raise RVCLoraError(f"{model}: is a discriminator file; conversion needs a generator (RVC model)")
         synth = ckpt.model.eval()
+        self.execution = plan_execution(precision, self.device, synth.dec.num_upsamples, layout)
+        self.note = self.execution.note
+        self.dtype = self.execution.dtype
+        self.half = self.dtype == torch.float16
+        self.constants = constants or default_constants(self.half)
         if hasattr(synth, "enc_q"):
             del synth.enc_q  # posterior encoder: training only
         self.version, self.f0, self.sample_rate = ckpt.version, bool(synth.f0), int(synth.sample_rate)
@@ -111,6 +121,7 @@ class Converter:
         for p in synth.parameters():
             p.requires_grad_(False)
         self.synth = synth.to(self.device, self.dtype)
+        self.execution.apply(self.synth.dec)
         self.content = load_content_model(hubert, kind=content_kind, device=str(self.device), half=self.half)
         dim = self.content.feature_dim(self.version)
         if dim != CONTENT_DIMS[self.version]:

@@ -5,18 +5,25 @@ channels ``uic / 2**i -> uic / 2**(i+1)``) -> [NSF: + ``noise_convs[i]``(harmoni
 the stage's resblocks (flat index ``i * num_kernels + j``). Then LeakyReLU with torch's default slope
 0.01 (as in RVC), ``conv_post`` (no bias) and tanh. ``conv_pre``, ``cond``, ``noise_convs`` and
 ``conv_post`` are plain convolutions; ``ups`` and resblock convs are weight-normed (weight_g/weight_v).
+
+Inference can run in another layout and precision without changing a weight's value
+(:meth:`set_execution`): channels-last convolutions (:mod:`.layout`; the same numbers within float32
+rounding, faster on CPUs) and leading stages under bf16 / fp16 autocast (faster where the hardware has
+them, at a measured cost in accuracy).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
+from .layout import apply_conv, from_nwc, restride_conv_weights, to_nwc
 from .modules import weight_norm
 from .nsf import SourceModuleHnNSF
 
@@ -50,9 +57,9 @@ class ResBlock1(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, T] -> [B, C, T]``."""
+        """``[B, C, T] -> [B, C, T]`` (or NWC ``[B, C, 1, T]``, see :mod:`.layout`)."""
         for c1, c2 in zip(self.convs1, self.convs2, strict=True):
-            xt = c2(F.leaky_relu(c1(F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
+            xt = apply_conv(c2, F.leaky_relu(apply_conv(c1, F.leaky_relu(x, LRELU_SLOPE)), LRELU_SLOPE))
             x = xt + x
         return x
 
@@ -67,9 +74,9 @@ class ResBlock2(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """``[B, C, T] -> [B, C, T]``."""
+        """``[B, C, T] -> [B, C, T]`` (or NWC ``[B, C, 1, T]``, see :mod:`.layout`)."""
         for conv in self.convs:
-            x = conv(F.leaky_relu(x, LRELU_SLOPE)) + x
+            x = apply_conv(conv, F.leaky_relu(x, LRELU_SLOPE)) + x
         return x
 
 
@@ -88,6 +95,52 @@ class _HiFiGANBase(nn.Module):
     num_upsamples: int
     resblocks: nn.ModuleList
     gradient_checkpointing: bool
+    #: activations in channels-last NWC form (see :meth:`set_execution`)
+    channels_last: bool = False
+    #: the first ``reduced_stages`` upsampling stages run under autocast to ``reduced_dtype``
+    reduced_stages: int = 0
+    reduced_dtype: torch.dtype = torch.bfloat16
+
+    def set_execution(self, channels_last: bool = False, reduced_stages: int = 0,
+                      reduced_dtype: torch.dtype = torch.bfloat16) -> None:
+        """Choose how the forward runs; weight values are never changed.
+
+        ``channels_last``: convolutions as channels-last 2-D convolutions (weights restrided in place once;
+        equal to the default layout within float32 rounding). ``reduced_stages``: how many leading
+        upsampling stages (upsampler + resblocks) run under ``torch.autocast`` to ``reduced_dtype``;
+        ``conv_pre``, ``cond``, the harmonic source, ``noise_convs`` and ``conv_post`` stay in the model's
+        dtype, and so does every stage from ``reduced_stages`` on.
+        """
+        if not 0 <= reduced_stages <= self.num_upsamples:
+            raise ValueError(f"reduced_stages must be 0..{self.num_upsamples}, got {reduced_stages}")
+        if channels_last:
+            restride_conv_weights(self)
+        self.channels_last = bool(channels_last)
+        self.reduced_stages = int(reduced_stages)
+        self.reduced_dtype = reduced_dtype
+
+    def _stage_precision(self, stage: int, x: torch.Tensor) -> AbstractContextManager:
+        """Autocast for a reduced stage; otherwise nothing (an outer autocast, as in training, stays in force)."""
+        if stage < self.reduced_stages:
+            return torch.autocast(x.device.type, dtype=self.reduced_dtype)
+        return nullcontext()
+
+    def _enter(self, x: torch.Tensor) -> torch.Tensor:
+        return to_nwc(x) if self.channels_last else x
+
+    def _run_stages(self, x: torch.Tensor, har_source: torch.Tensor | None = None,
+                    noise_convs: nn.ModuleList | None = None) -> torch.Tensor:
+        """Upsampling stages then ``conv_post``: x after conv_pre/cond -> audio ``[B, 1, T * upp]``."""
+        dtype = x.dtype
+        for i, up in enumerate(self.ups):
+            with self._stage_precision(i, x):
+                x = apply_conv(up, F.leaky_relu(x, LRELU_SLOPE))
+            if noise_convs is not None:
+                x = x + apply_conv(noise_convs[i], har_source)
+            with self._stage_precision(i, x):
+                x = self._resblock_stage(i, x)
+        x = apply_conv(self.conv_post, F.leaky_relu(x.to(dtype)))
+        return torch.tanh(from_nwc(x) if x.dim() == 4 else x)
 
     def _build_ups(
         self, upsample_rates: Sequence[int], upsample_kernel_sizes: Sequence[int], uic: int
@@ -121,10 +174,6 @@ class _HiFiGANBase(nn.Module):
         if self.gradient_checkpointing and self.training and torch.is_grad_enabled():
             return checkpoint(self._stage_mean, stage, x, use_reentrant=False)
         return self._stage_mean(stage, x)
-
-    @staticmethod
-    def _finish(conv_post: nn.Module, x: torch.Tensor) -> torch.Tensor:
-        return torch.tanh(conv_post(F.leaky_relu(x)))
 
 
 class Generator(_HiFiGANBase):
@@ -161,13 +210,10 @@ class Generator(_HiFiGANBase):
 
     def forward(self, x: torch.Tensor, g: torch.Tensor | None = None) -> torch.Tensor:
         """x ``[B, inter, T]``, g ``[B, gin, 1]`` or None -> audio ``[B, 1, T * upp]`` in [-1, 1]."""
-        x = self.conv_pre(x)
+        x = apply_conv(self.conv_pre, self._enter(x))
         if g is not None:
-            x = x + self.cond(g)
-        for i, up in enumerate(self.ups):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            x = self._resblock_stage(i, x)
-        return self._finish(self.conv_post, x)
+            x = x + apply_conv(self.cond, self._enter(g))
+        return self._run_stages(x)
 
 
 class GeneratorNSF(_HiFiGANBase):
@@ -236,12 +282,8 @@ class GeneratorNSF(_HiFiGANBase):
         noise ``[B, T * upp, 1]`` standard-normal draw to use instead of ``torch.randn``,
         start_phase ``[B]`` turns of the sine before the first sample (streaming; default 0)
         -> audio ``[B, 1, T * upp]`` in [-1, 1]."""
-        har_source = self.source(f0, noise, start_phase)
-        x = self.conv_pre(x)
+        har_source = self._enter(self.source(f0, noise, start_phase))
+        x = apply_conv(self.conv_pre, self._enter(x))
         if g is not None:
-            x = x + self.cond(g)
-        for i, (up, noise_conv) in enumerate(zip(self.ups, self.noise_convs, strict=True)):
-            x = up(F.leaky_relu(x, LRELU_SLOPE))
-            x = x + noise_conv(har_source)
-            x = self._resblock_stage(i, x)
-        return self._finish(self.conv_post, x)
+            x = x + apply_conv(self.cond, self._enter(g))
+        return self._run_stages(x, har_source, self.noise_convs)
