@@ -11,15 +11,22 @@ matters for the bypass forward. Its tensors are parameters named after their ada
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, ClassVar, Protocol
+from typing import ClassVar, Protocol
 
 import torch
 from torch import nn
 
-if TYPE_CHECKING:
-    from ..config import LoRAConfig
-
 WEIGHT_KINDS = frozenset({"conv1d", "conv_transpose1d", "linear"})
+
+
+class AdapterSettings(Protocol):
+    """What an algorithm reads of its configuration (``rvc_lora.lora.LoRAConfig`` provides it)."""
+
+    rank: int
+    scale: float  # alpha / rank, or alpha / sqrt(rank) with rsLoRA
+    dropout: float
+    factor: int  # LoKr: bound of the small Kronecker factor (-1: as square as possible)
+    decompose_both: bool  # LoKr: factor the small one too
 
 
 class AdaptedLayer(Protocol):
@@ -94,7 +101,7 @@ class AdapterModule(nn.Module):
 
     # ---- building ---------------------------------------------------------------------------
     @classmethod
-    def fresh(cls, layer: AdaptedLayer, config: LoRAConfig) -> AdapterModule:
+    def fresh(cls, layer: AdaptedLayer, config: AdapterSettings) -> AdapterModule:
         """A new adapter for training whose delta is exactly zero."""
         raise NotImplementedError
 
