@@ -80,6 +80,9 @@ class LoRA(AdapterModule):
         return ((left * self.scale) @ right).reshape(self.weight_shape)
 
     def add_delta_(self, target, strength, base_weight):
+        if not target.is_contiguous():  # e.g. restrided for channels-last execution (models.layout)
+            super().add_delta_(target, strength, base_weight)
+            return
         left, right = self._matrices(target.dtype)  # one fused pass over the weight, no delta tensor
         target.view(left.shape[0], -1).addmm_(left, right, alpha=strength * self.scale)
 
