@@ -268,8 +268,8 @@ def test_live_command_streams_a_file_to_a_file(fixture_model_path, hubert, pm_co
     sf.write(source, audio, SR, subtype="FLOAT")
     code = main(["live", "--input", str(source), "--output", str(target), "--model", str(fixture_model_path),
                  "--hubert", str(hubert), "--f0-method", "pm", "--device", "cpu", "--seed", "0", "--pitch", "2",
-                 "--block", "0.2", "--context", "0.6"])
-    assert code == 0
+                 "--block", "0.2", "--context", "0.6", "--threads", "1"])
+    assert code == 0 and torch.get_num_threads() == 1
     written, sr = sf.read(target, dtype="float32")
     expected, _, _ = stream_convert(pm_converter, audio, SR, ConvertOptions(seed=0, pitch=2),
                                     StreamSettings(block=0.2, context=0.6))
@@ -292,3 +292,11 @@ def test_live_from_the_microphone_without_sounddevice_says_what_to_install(fixtu
     monkeypatch.setattr(builtins, "__import__", no_sounddevice)
     assert main(["live", "--model", str(fixture_model_path)]) == 2
     assert "pip install sounddevice" in capsys.readouterr().err
+
+
+def test_live_refuses_a_thread_count_below_one(fixture_model_path, tmp_path, capsys):
+    from rvc_lora.cli import main
+
+    assert main(["live", "--input", str(tmp_path / "in.wav"), "--model", str(fixture_model_path),
+                 "--threads", "0"]) == 2
+    assert "--threads must be at least 1" in capsys.readouterr().err
