@@ -218,8 +218,9 @@ def bench_stream(args: argparse.Namespace, model: Path, hubert: Path, adapter: P
           f"f0 {args.f0_method}, {torch.get_num_threads()} torch threads, crossfade {args.crossfade:g} s, "
           f"context 2 s, HuBERT context 1 s, decoder margin 0.1 s\n")
     print("| block (s) | algorithmic latency (ms) | blocks | compute per block, median (ms) | p95 (ms) "
-          "| compute / block length | real time? | CPU per block (ms) |")
-    print("|---:|---:|---:|---:|---:|---:|---|---:|")
+          "| compute / block length | real time? | CPU per block (ms) | offline CPU per block length (ms) "
+          "| stream / offline CPU |")
+    print("|---:|---:|---:|---:|---:|---:|---|---:|---:|---:|")
     warm = StreamSettings(block=0.5, crossfade=args.crossfade)
     stream_convert(converter, speech_like(1.0), 16000, ConvertOptions(), warm)
     for block in args.blocks:
@@ -229,10 +230,13 @@ def bench_stream(args: argparse.Namespace, model: Path, hubert: Path, adapter: P
         cpu = (time.process_time() - cpu) / len(stream.stats.block_seconds)
         times = np.asarray(stream.stats.block_seconds[1:])  # the first block warms the shapes up
         block_s = stream.layout.block / 100
+        offline = time.process_time()  # the same audio converted offline, right after: CPU per block length
+        converter.convert(audio, 16000, ConvertOptions())
+        offline = (time.process_time() - offline) * block_s / args.stream_seconds
         p95 = float(np.percentile(times, 95))
         print(f"| {block_s:.2f} | {stream.latency * 1000:.0f} | {times.size} | {np.median(times) * 1000:.0f} "
               f"| {p95 * 1000:.0f} | {np.median(times) / block_s:.2f} | {'yes' if p95 < block_s else 'no'} "
-              f"| {cpu * 1000:.0f} |", flush=True)
+              f"| {cpu * 1000:.0f} | {offline * 1000:.0f} | {cpu / offline:.2f} |", flush=True)
     print()
 
 
