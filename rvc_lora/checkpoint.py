@@ -23,13 +23,13 @@ from typing import Any
 import torch
 from torch import nn
 
-from rvc_lora.lora.weight_norm import split_weight_norm
 from rvc_lora.models import (
     SHIPPED_CONFIGS,
     Synthesizer,
     build_discriminator,
     shipped_config,
 )
+from rvc_lora.models.weight_norm import split_weight_norm
 from rvc_lora.safe_load import load_torch_file
 from rvc_lora.utils import RVCLoraError, atomic_write
 

@@ -26,11 +26,7 @@ LAYERS: list[tuple[str, ...]] = [
 ]
 
 # Imports that break the order today, each with its reason; nothing else may.
-KNOWN_EXCEPTIONS = {
-    # split_weight_norm belongs in models/ (RVC's layers are weight-normed, lora only folds them); moving
-    # lora/weight_norm.py touches the adapter engine (#12) and is left for after its merge.
-    ("rvc_lora.checkpoint", "rvc_lora.lora.weight_norm"),
-}
+KNOWN_EXCEPTIONS: set[tuple[str, str]] = set()
 
 
 def _modules() -> dict[str, tuple[Path, bool]]:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrizations
 
-from rvc_lora.lora.weight_norm import (
+from rvc_lora.models.weight_norm import (
     fold_all_weight_norm,
     fold_weight_norm,
     split_weight_norm,

@@ -4,6 +4,8 @@
 Knows nothing about RVC; imports only torch, safetensors and ``rvc_lora.utils``.
 """
 
+from rvc_lora.models.weight_norm import fold_all_weight_norm, fold_weight_norm, split_weight_norm, weight_norm_effective
+
 from .adapter_file import AdapterFile, check_fingerprint, fingerprint_tensors, read_adapter, save_adapter
 from .algorithms import ALGORITHMS, AdapterModule
 from .config import LoRAConfig
@@ -26,7 +28,6 @@ from .inject import (
     unmerge_lora,
 )
 from .layers import LoRAConv1d, LoRAConvTranspose1d, LoRAEmbedding, LoRALayer, LoRALinear
-from .weight_norm import fold_all_weight_norm, fold_weight_norm, split_weight_norm, weight_norm_effective
 
 __all__ = [
     "ALGORITHMS", "AdapterFile", "AdapterModule", "ExtractedLayer", "LoRAConfig", "LoRAConv1d",

@@ -14,12 +14,13 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from rvc_lora.models.weight_norm import fold_weight_norm as _fold
+from rvc_lora.models.weight_norm import has_weight_norm
+
 from ..utils import RVCLoraError
 from .algorithms import ALGORITHMS, part_key, split_key
 from .config import LoRAConfig
 from .layers import FORWARD_MODES, LoRALayer, wrapper_for
-from .weight_norm import fold_weight_norm as _fold
-from .weight_norm import has_weight_norm
 
 
 class LoRATargetError(RVCLoraError, ValueError):

@@ -29,9 +29,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from rvc_lora.models.weight_norm import has_weight_norm
+
 from .algorithms import ALGORITHMS, AdapterModule, algorithm_of
 from .config import LoRAConfig
-from .weight_norm import has_weight_norm
 
 FORWARD_MODES = ("auto", "rebuild", "bypass")
 # Training (gradients on) with forward_mode="auto": which mode per layer kind, as measured by

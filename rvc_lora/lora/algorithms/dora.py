@@ -13,7 +13,8 @@ from __future__ import annotations
 
 import torch
 
-from ..weight_norm import norm_except_dim
+from rvc_lora.models.weight_norm import norm_except_dim
+
 from .base import AdaptedLayer, AdapterModule, alpha_scale, as_parameter
 from .lora import LoRA
 
