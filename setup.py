@@ -13,5 +13,7 @@ for package, folder in DATA_TREES.items():
 setup(
     packages=packages,
     package_dir=DATA_TREES,
-    package_data={package: ["*.yaml"] for package in packages if package.startswith(tuple(DATA_TREES))},
+    # All package data here: a [tool.setuptools.package-data] table in pyproject.toml would replace this.
+    package_data={"rvc_lora.serve": ["static/*"]}
+    | {package: ["*.yaml"] for package in packages if package.startswith(tuple(DATA_TREES))},
 )
