@@ -69,22 +69,23 @@ def barrier(info: DistInfo) -> None:
         dist.barrier()
 
 
-def all_finite(flag: bool, info: DistInfo, device: torch.device) -> bool:
-    """True only if ``flag`` is True on every rank (so all ranks skip a bad step together)."""
+def _reduce_flag(flag: bool, info: DistInfo, device: torch.device, op: dist.ReduceOp) -> bool:
+    """``flag`` combined over every rank: MIN = all of them, MAX = any of them."""
     if not info.enabled:
         return flag
     t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    dist.all_reduce(t, op=op)
     return bool(t.item() > 0.5)
+
+
+def all_finite(flag: bool, info: DistInfo, device: torch.device) -> bool:
+    """True only if ``flag`` is True on every rank (so all ranks skip a bad step together)."""
+    return _reduce_flag(flag, info, device, dist.ReduceOp.MIN)
 
 
 def any_flag(flag: bool, info: DistInfo, device: torch.device) -> bool:
     """True if ``flag`` is True on any rank (e.g. a stop request)."""
-    if not info.enabled:
-        return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return bool(t.item() > 0.5)
+    return _reduce_flag(flag, info, device, dist.ReduceOp.MAX)
 
 
 def gather_objects(obj: Any, info: DistInfo) -> list[Any]:
