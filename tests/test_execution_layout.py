@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from rvc_lora.infer.precision import plan_execution
-from rvc_lora.lora import fold_all_weight_norm
+from rvc_lora.lora import LoRAConfig, LoRAConv1d, LoRAConvTranspose1d, fold_all_weight_norm
 from rvc_lora.models import Synthesizer, build_synthesizer
 from rvc_lora.models.configs import tiny_config
 from rvc_lora.models.layout import apply_conv, from_nwc, restride_conv_weights, to_nwc
@@ -88,6 +88,35 @@ def test_modules_that_cannot_run_channels_last_fall_back_to_their_own_forward() 
         got_reflect = from_nwc(apply_conv(reflect, to_nwc(x)))
     torch.testing.assert_close(got, want)
     torch.testing.assert_close(got_reflect, reflect(x))
+
+
+@pytest.mark.parametrize("state", ["merged", "live", "bypass"])
+def test_adapter_layers_run_channels_last_when_merged_or_rebuilt_and_fall_back_in_bypass_mode(state: str) -> None:
+    """Merged and live (rebuilt) adapters run as the 2-D convolution, the wrapper not called as a module (a
+    wrapper that fell back cost conversion 1.25x); bypass mode needs its branch and falls back. Same values."""
+    torch.manual_seed(2)
+    for base, wrapper in ((nn.Conv1d(8, 6, 5, padding=4, dilation=2), LoRAConv1d),
+                          (nn.ConvTranspose1d(8, 6, 16, 10, padding=3), LoRAConvTranspose1d)):
+        x = torch.randn(1, 8, 40)
+        with torch.no_grad():
+            unadapted = base(x)
+        layer = wrapper(base)
+        layer.add_adapter("a", LoRAConfig(rank=2, alpha=2))
+        with torch.no_grad():
+            for p in layer.adapters["a"].parameters():
+                p.copy_(torch.randn_like(p) * 0.3)
+        restride_conv_weights(layer)
+        if state == "merged":
+            layer.merge()
+        layer.forward_mode = "bypass" if state == "bypass" else "auto"
+        calls = []
+        layer.register_forward_hook(lambda *_: calls.append(1))
+        with torch.no_grad():
+            want = layer(x)
+            got = from_nwc(apply_conv(layer, to_nwc(x)))
+        assert len(calls) == (2 if state == "bypass" else 1), type(base).__name__
+        assert _relative(got, want) < EXACT, type(base).__name__
+        assert _relative(want, unadapted) > 1e-2  # the adapter changes the output
 
 
 def test_restrided_weights_keep_their_values_and_layout_through_in_place_writes() -> None:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -64,12 +65,18 @@ def _randomize(host: GeneratorLoRA, seed: int = 0) -> None:
 
 
 def _interleaved(runs: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """Times of each run over ``rounds`` rounds, the order rotated every round (after one warm-up each)."""
+    """Times of each run over ``rounds`` rounds, the order rotated every round (after one warm-up each).
+
+    Progress goes to stderr (one line per round) so a long run shows it is alive; the table goes to stdout.
+    """
+    started = time.perf_counter()
     for run in runs.values():
         run()
     names = list(runs)
     times: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
+        print(f"  round {r + 1}/{rounds} of {len(names)} variants ({time.perf_counter() - started:.0f} s so far)",
+              file=sys.stderr, flush=True)
         shift = r % len(names)
         for name in names[shift:] + names[:shift]:
             times[name].append(runs[name]())

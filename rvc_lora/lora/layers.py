@@ -35,8 +35,10 @@ from .algorithms import ALGORITHMS, AdapterModule, algorithm_of
 from .config import LoRAConfig
 
 FORWARD_MODES = ("auto", "rebuild", "bypass")
-# Training (gradients on) with forward_mode="auto": which mode per layer kind, as measured by
-# tools/bench_lora.py on the v2 40k generator's layers (tools/results/bench_lora.txt).
+# Training (gradients on) with forward_mode="auto": which mode per layer kind. tools/bench_lora.py on the
+# v2 40k generator (tools/results/bench_lora.txt, 2-core EPYC): bypass and rebuild within 1% on the whole
+# generator (rebuild wins at the full-rate stages and dilated kernels, bypass at the 256-channel ones), so
+# rebuild is kept everywhere: it allocates no full-length branch activations.
 TRAINING_MODE = {"conv1d": "rebuild", "conv_transpose1d": "rebuild", "linear": "rebuild", "embedding": "rebuild"}
 
 
@@ -226,6 +228,17 @@ class LoRALayer(nn.Module):
         bias = None if self.bias is None else self.bias.clone()
         accumulate(weight, [(self.adapters[n], s) for n, s in self._live()], self.original_weight(), bias)
         return weight, bias
+
+    def layout_free_weights(self) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None] | None:
+        """``(base, weight, bias)`` with which a caller may run this layer's operation itself, in another
+        memory layout (``rvc_lora.models.layout.apply_conv``): the base's own weights when no adapter is
+        live (none loaded, or all merged), the effective weights in rebuild mode; None in bypass mode."""
+        live = self._live()
+        if not live:
+            return self.base, self.base.weight, self.bias
+        if self._rebuilds(live):
+            return (self.base, *self.effective_weight())
+        return None
 
     def _rebuilds(self, live: list[tuple[str, float]]) -> bool:
         """Whether this forward uses the rebuild mode (see the module docstring)."""

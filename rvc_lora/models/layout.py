@@ -7,10 +7,13 @@ on an AVX2 CPU oneDNN then picks its direct (brgemm) kernels instead of im2col +
 the v2 40k decoder's convolutions: 0.76x the time on 2 threads, 0.85x on 1).
 
 The rank of a tensor says its layout: 3-D is the usual ``[B, C, T]``, 4-D is NWC. :func:`apply_conv`
-dispatches on it, so one forward serves both layouts. Modules it cannot run as 2-D convolutions (weight
-norm hooks, LoRA wrappers, other padding modes) are called in their own ``[B, C, T]`` form and the
-result converted back: correct, only without the speed-up. Convolutions run as 2-D are not called as
-modules, so forward hooks registered on them do not fire in this layout.
+dispatches on it, so one forward serves both layouts. A wrapper around a convolution (an adapter layer)
+takes part by offering ``layout_free_weights() -> (conv, weight, bias) | None``: the convolution whose
+settings to use and the weights to use with them (merged or rebuilt adapters), or None when it must run
+as a module. Modules it cannot run as 2-D convolutions (weight norm hooks, wrappers that decline, other
+padding modes) are called in their own ``[B, C, T]`` form and the result converted back: correct, only
+without the speed-up. Convolutions run as 2-D are not called as modules, so forward hooks registered on
+them do not fire in this layout.
 """
 
 from __future__ import annotations
@@ -38,17 +41,28 @@ def _runs_as_2d(conv: nn.Module) -> bool:
             and conv.padding_mode == "zeros" and not isinstance(conv.padding, str))
 
 
+def _as_2d(module: nn.Module) -> tuple[nn.Module, torch.Tensor, torch.Tensor | None] | None:
+    """(convolution, weight, bias) to run ``module`` as a 2-D convolution, or None when it cannot be."""
+    if _runs_as_2d(module):
+        return module, module.weight, module.bias
+    offer = getattr(module, "layout_free_weights", None)
+    found = offer() if offer is not None else None
+    return found if found is not None and _runs_as_2d(found[0]) else None
+
+
 def apply_conv(conv: nn.Module, x: torch.Tensor) -> torch.Tensor:
     """``conv(x)`` for ``x`` ``[B, C, T]`` (plain call) or NWC ``[B, C, 1, T]`` (2-D convolution, NWC out)."""
     if x.dim() == 3:
         return conv(x)
-    if not _runs_as_2d(conv):
+    found = _as_2d(conv)
+    if found is None:
         return to_nwc(conv(from_nwc(x)))
-    weight = conv.weight.unsqueeze(2)
+    conv, weight, bias = found
+    weight = weight.unsqueeze(2)
     if isinstance(conv, nn.ConvTranspose1d):
-        return F.conv_transpose2d(x, weight, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]),
+        return F.conv_transpose2d(x, weight, bias, (1, conv.stride[0]), (0, conv.padding[0]),
                                   (0, conv.output_padding[0]), conv.groups, (1, conv.dilation[0]))
-    return F.conv2d(x, weight, conv.bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]),
+    return F.conv2d(x, weight, bias, (1, conv.stride[0]), (0, conv.padding[0]), (1, conv.dilation[0]),
                     conv.groups)
 
 

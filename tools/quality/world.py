@@ -26,7 +26,7 @@ class Scale:
     name: str
     corpus: object
     encoder_steps: int
-    base_steps: int
+    base_steps: int  # GAN steps (RVC's losses, discriminator trained) after the warm-up
     base_batch: int
     adapt_steps: tuple[int, ...]
     adapt_batch: int
@@ -35,6 +35,11 @@ class Scale:
     # resblock, kernels, dilations, upsample rates, uic, upsample kernels, speakers, gin, sr]
     model_config: list = field(default_factory=list)
     discriminator_divisor: int = 4
+    adapt_lr: float | None = None  # None: the recipe's (RVC's 1e-4); the same for every method either way
+    # Mel-only steps before the GAN steps (the generator from scratch learns to follow F0 far sooner per
+    # CPU second without a discriminator: 600 GAN steps left a 100 Hz frame-rate buzz that ignored F0).
+    base_warmup_steps: int = 0
+    base_lr: float | None = None  # None: RVC's 1e-4
     n_base: int = 13
     n_targets: int = 3
     dnsmos: bool = True
@@ -127,15 +132,28 @@ def base_input(work: Path, corpus: Path, voices: list[str]) -> Path:
     return folder
 
 
+def _train_phase(work: Path, scale: Scale, exp: Path, log: Path, run: Path, init: Path, steps: int,
+                 discriminator: str) -> tuple[float, int]:
+    """One full-training phase (``adapter=none``) into ``run``; returns (seconds, peak RSS) of this call."""
+    return run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
+                      f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}", f"base.g={init}",
+                      "base.d=null", f"trainer.discriminator={discriminator}", f"trainer.max_steps={steps}",
+                      f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
+                      "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
+                      "trainer.log_interval=100", "logging.progress=false",
+                      *([f"optim.lr={scale.base_lr}"] if scale.base_lr else [])], log)
+
+
 def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = True) -> dict | None:
-    """Full training (``adapter=none``) of a fresh synthesizer on the pooled base voices (speaker row 0).
+    """Full training (``adapter=none``) of a fresh synthesizer on the pooled base voices (speaker row 0):
+    ``base_warmup_steps`` mel-only steps, then ``base_steps`` with RVC's GAN losses (fresh discriminator).
 
     Returns ``{"g": G_full.pth, "d": D_full.pth, "model": merged.pth, "seconds": ...}`` (with
-    ``train=False``: only a finished base, else None).
+    ``train=False``: only a finished base, else None). ``seconds`` sums every (resumed) training call.
     """
     run = work / "base" / "run"
     token = {"config": scale.model_config, "steps": scale.base_steps, "batch": scale.base_batch,
-             "divisor": scale.discriminator_divisor}
+             "divisor": scale.discriminator_divisor, "warmup": scale.base_warmup_steps, "lr": scale.base_lr}
     done = marker(work / "base" / "done.json", token)
     if done or not train:
         return done
@@ -147,14 +165,26 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = Tru
                    "s = build_synthesizer(config=c, version='v1', f0=True); "
                    f"save_pretrained(s, sys.argv[1], config=c, version='v1', f0=1, sr='{SAMPLE_RATE // 1000}k')",
                    str(init)], log)
-    seconds, peak = run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
-                               f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}",
-                               f"base.g={init}", "base.d=null", f"trainer.max_steps={scale.base_steps}",
-                               f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
-                               "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
-                               "trainer.log_interval=100", "logging.progress=false"], log)
+    spent_path = work / "base" / "seconds.json"  # training time of earlier (interrupted) calls
+    spent = json.loads(spent_path.read_text()) if spent_path.is_file() else {}
+    peak = 0
+    phases = [("warmup", scale.base_warmup_steps, "mel_only"), ("run", scale.base_steps, "train")]
+    start = init
+    for name, steps, discriminator in phases:
+        if steps <= 0:
+            continue
+        folder = work / "base" / name
+        if not (folder / "G_full.pth").is_file():
+            began = time.perf_counter()
+            try:
+                peak = max(peak, _train_phase(work, scale, exp, log, folder, start, steps, discriminator)[1])
+            finally:  # an interrupted call's time counts too (the phase resumes from its checkpoint)
+                spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
+                spent_path.write_text(json.dumps(spent))
+        start = folder / "G_full.pth"
     return save_marker(work / "base" / "done.json", token, g=str(run / "G_full.pth"), d=str(run / "D_full.pth"),
-                       model=str(run / "merged.pth"), seconds=seconds, peak_bytes=peak)
+                       model=str(run / "merged.pth"), seconds=sum(spent.values()), phase_seconds=spent,
+                       peak_bytes=peak)
 
 
 def scale_summary(scale: Scale) -> dict:
