@@ -58,7 +58,7 @@ SCALES = {
     "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=5, base_warmup_steps=5, base_batch=4,
                    adapt_steps=(2, 4), adapt_batch=2, seeds=(0,), discriminator_divisor=16,
                    model_config=rvc_config(inter=16, hidden=32, filt=64, layers=2, uic=64, gin=16),
-                   n_base=1, n_targets=1),
+                   n_base=1, n_targets=1, dnsmos_clips=1),
 }
 BENCH_EXTRA = ("resemblyzer", "speechmos", "espeakng_loader", "matplotlib", "sklearn", "onnxruntime")
 
@@ -208,7 +208,7 @@ def main(argv: list[str] | None = None) -> int:
     from quality.evaluate import World, evaluate
     from quality.metrics import Scorer
 
-    scorer = Scorer(F0_METHOD, dnsmos=scale.dnsmos)
+    scorer = Scorer(F0_METHOD, dnsmos=scale.dnsmos, dnsmos_clips=scale.dnsmos_clips)
     world = World(corpus, manifest, scorer)
     refs_path = work / "references.json"
     refs = marker(refs_path, manifest["token"])

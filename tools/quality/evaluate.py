@@ -52,7 +52,8 @@ class World:
             ceiling = [cosine(self.scorer.embed(a, sr), self.profiles[t]) for a, sr in self.tests[t]]
             source = [cosine(self.scorer.embed(a, sr), self.profiles[t]) for clips in self.sources.values()
                       for a, sr in clips]
-            dns = [self.scorer.dnsmos(a, sr) for a, sr in self.tests[t]] if self.scorer.use_dnsmos else []
+            dns = ([self.scorer.dnsmos(a, sr) for a, sr in self.tests[t][:self.scorer.dnsmos_clips]]
+                   if self.scorer.use_dnsmos else [])
             out[t] = {"ceiling": float(np.mean(ceiling)), "ceiling_sd": float(np.std(ceiling)),
                       "source_unconverted": float(np.mean(source)),
                       "dnsmos_natural": float(np.mean(dns)) if dns else float("nan")}
@@ -80,7 +81,7 @@ def evaluate(world: World, model: Path, target: str, encoder: Path, f0_method: s
             c, v = f0_errors(f0_src * 2.0 ** (key / 12.0), world.scorer.f0(out, out_sr))
             cents.append(c)
             voicing.append(v)
-            if dnsmos:
+            if dnsmos and len(dns) < (world.scorer.dnsmos_clips or len(clips) * len(world.sources)):
                 dns.append(world.scorer.dnsmos(out, out_sr))
     recon = []
     for audio, sr in world.tests[target]:

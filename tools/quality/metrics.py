@@ -21,10 +21,11 @@ PITCH_HOP = 160  # the package's pitch extractors give 100 frames/s at 16 kHz
 class Scorer:
     """Loads resemblyzer, the pitch extractor and (lazily) DNSMOS once."""
 
-    def __init__(self, f0_method: str, dnsmos: bool = True) -> None:
+    def __init__(self, f0_method: str, dnsmos: bool = True, dnsmos_clips: int | None = None) -> None:
         self.similarity = SpeakerSimilarity()
         self.pitch = get_pitch_extractor(f0_method, device="cpu")
         self.use_dnsmos = dnsmos
+        self.dnsmos_clips = dnsmos_clips  # DNSMOS on at most this many clips per set (None: all)
 
     def embed(self, audio: np.ndarray, sr: int) -> np.ndarray:
         return self.similarity.embed(audio, sr)

@@ -43,6 +43,7 @@ class Scale:
     n_base: int = 13
     n_targets: int = 3
     dnsmos: bool = True
+    dnsmos_clips: int | None = None  # DNSMOS on at most this many clips per evaluation (None: all)
 
 
 def rvc_config(inter: int, hidden: int, filt: int, layers: int, uic: int, gin: int) -> list:
