@@ -109,8 +109,8 @@ def test_adapter_layers_run_channels_last_when_merged_or_rebuilt_and_fall_back_i
         if state == "merged":
             layer.merge()
         layer.forward_mode = "bypass" if state == "bypass" else "auto"
-        calls = []
-        layer.register_forward_hook(lambda *_: calls.append(1))
+        calls: list[int] = []
+        layer.register_forward_hook(lambda *_, seen=calls: seen.append(1))
         with torch.no_grad():
             want = layer(x)
             got = from_nwc(apply_conv(layer, to_nwc(x)))
