@@ -49,7 +49,7 @@ from quality.world import (  # noqa: E402
 F0_METHOD = "pm"
 SCALES = {
     # Sized for 2 CPU cores: a narrow generator and discriminator (a GAN step of batch 4: 1.6 s at 2 threads,
-    # mel-only 0.75 s; upsampling width 96 and a 4x-narrowed discriminator cost 2.1x more), the base
+    # mel-only 0.75-1.2 s; upsampling width 96 and a 4x-narrowed discriminator cost 2.1x more), the base
     # warmed up without the discriminator, short adaptations at a raised learning rate.
     "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=600, base_batch=4,
                   adapt_steps=(10, 20, 40), adapt_batch=4, seeds=(0, 1), discriminator_divisor=16, adapt_lr=5e-4,
