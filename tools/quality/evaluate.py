@@ -81,7 +81,7 @@ def evaluate(world: World, model: Path, target: str, encoder: Path, f0_method: s
             c, v = f0_errors(f0_src * 2.0 ** (key / 12.0), world.scorer.f0(out, out_sr))
             cents.append(c)
             voicing.append(v)
-            if dnsmos and len(dns) < (world.scorer.dnsmos_clips or len(clips) * len(world.sources)):
+            if dnsmos and (world.scorer.dnsmos_clips is None or len(dns) < world.scorer.dnsmos_clips):
                 dns.append(world.scorer.dnsmos(out, out_sr))
     recon = []
     for audio, sr in world.tests[target]:

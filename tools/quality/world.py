@@ -133,16 +133,16 @@ def base_input(work: Path, corpus: Path, voices: list[str]) -> Path:
     return folder
 
 
-def _train_phase(work: Path, scale: Scale, exp: Path, log: Path, run: Path, init: Path, steps: int,
-                 discriminator: str) -> tuple[float, int]:
-    """One full-training phase (``adapter=none``) into ``run``; returns (seconds, peak RSS) of this call."""
+def _train_phase(scale: Scale, exp: Path, log: Path, run: Path, init: Path, steps: int,
+                 discriminator: str) -> int:
+    """One full-training phase (``adapter=none``) into ``run``; returns the peak RSS of this call."""
     return run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
                       f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}", f"base.g={init}",
                       "base.d=null", f"trainer.discriminator={discriminator}", f"trainer.max_steps={steps}",
                       f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
                       "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
                       "trainer.log_interval=100", "logging.progress=false",
-                      *([f"optim.lr={scale.base_lr}"] if scale.base_lr else [])], log)
+                      *([f"optim.lr={scale.base_lr}"] if scale.base_lr else [])], log)[1]
 
 
 def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = True) -> dict | None:
@@ -178,7 +178,7 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = Tru
         if not (folder / "G_full.pth").is_file():
             began = time.perf_counter()
             try:
-                peak = max(peak, _train_phase(work, scale, exp, log, folder, start, steps, discriminator)[1])
+                peak = max(peak, _train_phase(scale, exp, log, folder, start, steps, discriminator))
             finally:  # an interrupted call's time counts too (the phase resumes from its checkpoint)
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
                 spent_path.write_text(json.dumps(spent))
