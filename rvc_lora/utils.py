@@ -189,6 +189,15 @@ def resolve_device(device: str = "auto") -> torch.device:
     return torch.device("cpu")
 
 
+def set_torch_threads(count: int) -> None:
+    """``torch.set_num_threads(count)`` for a ``--threads`` option; below 1 is a one-line error."""
+    import torch
+
+    if count < 1:
+        raise RVCLoraError(f"--threads must be at least 1, got {count}")
+    torch.set_num_threads(count)
+
+
 def tune_allocator() -> bool:
     """Keep large freed blocks in the process (glibc), so big tensors reuse pages instead of faulting them in.
 

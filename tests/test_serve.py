@@ -343,6 +343,15 @@ def test_serve_without_the_extra_says_how_to_install_it(monkeypatch, capsys):
     assert "pip install 'rvc-lora[serve]'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("threads", ["0", "-1"])
+def test_serve_threads_below_one_is_a_one_line_error(capsys, threads):
+    from rvc_lora.cli import main
+
+    assert main(["serve", "--model", "m.pth", "--adapters", ".", "--threads", threads]) == 2
+    err = capsys.readouterr().err
+    assert f"--threads must be at least 1, got {threads}" in err and "Traceback" not in err
+
+
 def test_web_page_in_headless_chromium_uploads_converts_and_plays(server, tmp_path):
     from chromium_driver import Chromium, find_chromium
 

@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from rvc_lora.infer.command import add_model_arguments, add_option_arguments, converter_from_args, options_from_args
-from rvc_lora.utils import RVCLoraError
+from rvc_lora.utils import RVCLoraError, set_torch_threads
 
 
 def add_live_arguments(parser: argparse.ArgumentParser) -> None:
@@ -80,11 +80,7 @@ def run_live(args: argparse.Namespace) -> int:
     settings = _settings(args)
     options = options_from_args(args)
     if args.threads is not None:
-        import torch
-
-        if args.threads < 1:
-            raise RVCLoraError(f"--threads must be at least 1, got {args.threads}")
-        torch.set_num_threads(args.threads)
+        set_torch_threads(args.threads)
     fmt = None
     if args.output:
         fmt = args.output.rsplit(".", 1)[-1].lower() if "." in args.output else ""

@@ -8,7 +8,7 @@ import os
 import sys
 
 from rvc_lora.infer.command import add_model_arguments
-from rvc_lora.utils import RVCLoraError
+from rvc_lora.utils import RVCLoraError, set_torch_threads
 
 TOKEN_ENV = "RVC_LORA_TOKEN"
 MB = 1024 * 1024
@@ -26,7 +26,7 @@ def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"require 'Authorization: Bearer TOKEN' on the API (default: ${TOKEN_ENV}, else none)")
     parser.add_argument("--workers", type=int, default=1,
                         help="conversion workers, each with its own copy of the model (default 1)")
-    parser.add_argument("--threads", type=int, default=0,
+    parser.add_argument("--threads", type=int,
                         help="torch threads (default: torch's, divided among the workers)")
     parser.add_argument("--queue-size", type=int, default=8,
                         help="requests that may wait for a worker; more get 429 (default 8)")
@@ -90,8 +90,8 @@ def run_serve(args: argparse.Namespace) -> int:
                            "--max-audio-seconds positive")
     if args.token is not None and len(args.token) < 8:
         raise RVCLoraError("--token must be at least 8 characters")
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        set_torch_threads(args.threads)
     elif args.workers > 1:
         torch.set_num_threads(max(1, torch.get_num_threads() // args.workers))
     print(f"loading {args.model} ({args.workers} worker(s), {torch.get_num_threads()} torch thread(s) each) ...",
