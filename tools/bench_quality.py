@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -53,9 +54,9 @@ SCALES = {
     # warmed up without the discriminator, short adaptations at a raised learning rate.
     "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=600, base_batch=4,
                   adapt_steps=(10, 20, 40), adapt_batch=4, seeds=(0, 1), discriminator_divisor=16, adapt_lr=5e-4,
-                  base_warmup_steps=4000, base_lr=5e-4,
+                  base_warmup_steps=1500, base_lr=5e-4,
                   model_config=rvc_config(inter=48, hidden=64, filt=192, layers=2, uic=64, gin=48)),
-    "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=5, base_warmup_steps=5, base_batch=4,
+    "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=5, base_batch=4,
                    adapt_steps=(2, 4), adapt_batch=2, seeds=(0,), discriminator_divisor=16,
                    model_config=rvc_config(inter=16, hidden=32, filt=64, layers=2, uic=64, gin=16),
                    n_base=1, n_targets=1, dnsmos_clips=1),
@@ -90,12 +91,15 @@ def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, b
 
     With ``train=False`` only a finished run is returned (None otherwise)."""
     out = work / "runs" / method.name / target / f"seed{seed}"
-    out.mkdir(parents=True, exist_ok=True)
     token = {"overrides": list(method.overrides), "steps": list(scale.adapt_steps), "base": base["token"],
              "lr": scale.adapt_lr}
     done = marker(out / "done.json", token)
     if done or not train:
         return done
+    if marker(out / "started.json", token) is None:  # kept steps and checkpoints of other settings: start over
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    save_marker(out / "started.json", token)
     overrides = [*common_overrides(scale), *method.overrides, f"data.experiment_dir={exp}", f"data.name={target}",
                  "data.speaker_id=0", f"base.g={base['g']}", f"base.d={base['d']}", f"run_dir={out / 'run'}",
                  f"trainer.batch_size={scale.adapt_batch}", f"trainer.seed={1234 + seed}",
