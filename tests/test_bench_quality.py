@@ -106,6 +106,7 @@ def test_quick_benchmark_runs_end_to_end(tmp_path):
         assert column in table
     for row in ("RVC full fine-tune", "LoRA r8, D trained", "LoRA r8, D frozen", "floor: base", "ceiling"):
         assert row in table
+    assert "t1_f5_rp: sim. - floor" in table  # the per-target table
     with (out / "results.csv").open() as handle:
         rows = list(csv.DictReader(handle))
     assert len(rows) == 3 * 2  # 3 methods x 2 evaluation steps (1 target, 1 seed)
