@@ -128,3 +128,20 @@ def test_world_stage_markers_are_reused_only_for_the_same_settings(tmp_path):
     save_marker(path, {"steps": 5}, model="m.pth")
     assert marker(path, {"steps": 5}) == {"token": {"steps": 5}, "model": "m.pth"}
     assert marker(path, {"steps": 6}) is None  # changed settings: the stage is built again
+
+
+def test_cached_evaluation_is_used_only_when_newer_than_the_model_and_complete(tmp_path):
+    import os
+
+    from quality.evaluate import cached_evaluation
+
+    model = tmp_path / "step_40.pth"
+    model.write_bytes(b"weights")
+    assert cached_evaluation(model, "t1") is None  # never scored
+    cache = tmp_path / "step_40.t1.eval.json"
+    cache.write_text(json.dumps({"similarity": 0.6, "dnsmos": float("nan")}))
+    assert cached_evaluation(model, "t1")["similarity"] == 0.6
+    assert cached_evaluation(model, "t1", dnsmos=True) is None  # DNSMOS asked for but not computed
+    stat = cache.stat()
+    os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model was retrained after scoring
+    assert cached_evaluation(model, "t1") is None

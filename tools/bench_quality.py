@@ -139,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", help="comma-separated seeds (default: the scale's)")
     parser.add_argument("--report-only", action="store_true",
                         help="train nothing more: report the finished runs (the world must be built)")
+    parser.add_argument("--final-eval-only", action="store_true",
+                        help="score new runs at their last step only (earlier steps stay on disk; a later run "
+                             "without this flag scores them for the curves)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1: fastest on a busy machine; 2 on a quiet one)")
     args = parser.parse_args(argv)
@@ -209,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"base: ready ({base['seconds'] / 60:.1f} min to train)")
 
     # 4. references and floor --------------------------------------------------------------------------
-    from quality.evaluate import World, evaluate
+    from quality.evaluate import World, cached_evaluation, evaluate
     from quality.metrics import Scorer
 
     scorer = Scorer(F0_METHOD, dnsmos=scale.dnsmos, dnsmos_clips=scale.dnsmos_clips)
@@ -237,8 +240,13 @@ def main(argv: list[str] | None = None) -> int:
         run_dir = work / "runs" / method.name / target / f"seed{seed}"
         for step in scale.adapt_steps:
             final = step == max(scale.adapt_steps)
-            metrics = evaluate(world, run_dir / f"step_{step}.pth", target, encoder, F0_METHOD,
-                               scale.dnsmos and final)
+            model = run_dir / f"step_{step}.pth"
+            if not final and args.final_eval_only:
+                metrics = cached_evaluation(model, target)
+                if metrics is None:
+                    continue
+            else:
+                metrics = evaluate(world, model, target, encoder, F0_METHOD, scale.dnsmos and final)
             records.append({"method": method.name, "target": target, "seed": seed, "step": step, **metrics,
                             "sec_per_step": cost["sec_per_step"],
                             "peak_gb": max(cost["peak_bytes"] - idle, 0) / 1e9,

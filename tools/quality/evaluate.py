@@ -60,13 +60,25 @@ class World:
         return out
 
 
-def evaluate(world: World, model: Path, target: str, encoder: Path, f0_method: str, dnsmos: bool) -> dict:
-    """Metrics of ``model`` converting to ``target`` (cached in ``<model>.<target>.json``)."""
-    cache = model.with_name(f"{model.stem}.{target}.eval.json")
+def _cache_path(model: Path, target: str) -> Path:
+    return model.with_name(f"{model.stem}.{target}.eval.json")
+
+
+def cached_evaluation(model: Path, target: str, dnsmos: bool = False) -> dict | None:
+    """The saved metrics of ``model`` on ``target`` if they are newer than the model (and have DNSMOS if asked)."""
+    cache = _cache_path(model, target)
     if cache.is_file() and cache.stat().st_mtime >= model.stat().st_mtime:
         cached = json.loads(cache.read_text())
         if not dnsmos or not math.isnan(cached.get("dnsmos", float("nan"))):
             return cached
+    return None
+
+
+def evaluate(world: World, model: Path, target: str, encoder: Path, f0_method: str, dnsmos: bool) -> dict:
+    """Metrics of ``model`` converting to ``target`` (cached in ``<model>.<target>.json``)."""
+    cached = cached_evaluation(model, target, dnsmos)
+    if cached is not None:
+        return cached
     from rvc_lora.infer import Converter
 
     conv = Converter(model, encoder, device="cpu", f0_method=f0_method, content_kind="torchscript")
@@ -92,6 +104,7 @@ def evaluate(world: World, model: Path, target: str, encoder: Path, f0_method: s
     result = {"similarity": float(np.mean(sims)), "source_similarity": float(np.mean(leaks)),
               "f0_cents": float(np.nanmean(cents)), "voicing_error": float(np.mean(voicing)),
               "recon_mel_l1": float(np.mean(recon)), "dnsmos": float(np.mean(dns)) if dns else float("nan")}
+    cache = _cache_path(model, target)
     tmp = cache.with_suffix(".tmp")
     tmp.write_text(json.dumps(result))
     tmp.replace(cache)
