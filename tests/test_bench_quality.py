@@ -66,6 +66,9 @@ def test_gain_fraction_is_pooled_over_targets_relative_to_full_fine_tuning_above
     assert g[("lora_r8", 0, 10)] == pytest.approx(0.34 / 0.42)
     assert g[("lora_r4", 0, 10)] == pytest.approx(0.0)
     assert report.gains(records, {"t": 0.95, "u": 0.5}) == {}  # full fine-tuning below the floor: no ratio
+    # only targets where the reference itself moved (by MIN_REFERENCE_GAIN) can carry a fraction of its gain
+    assert report.moving_targets(records, {"t": 0.5, "u": 0.4}, "full") == ["t"]
+    assert report.moving_targets(records, {"t": 0.5, "u": 0.4}, "lora_r8") == ["t", "u"]
 
 
 def test_method_rows_are_added_and_replaced_by_configuration():
