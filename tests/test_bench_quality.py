@@ -148,3 +148,22 @@ def test_cached_evaluation_is_used_only_when_newer_than_the_model_and_complete(t
     stat = cache.stat()
     os.utime(model, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # the model was retrained after scoring
     assert cached_evaluation(model, "t1") is None
+
+
+def test_cheapest_discriminator_mode_must_keep_the_gain_and_not_lose_elsewhere():
+    from quality.methods import METHODS
+
+    sims = {"full": (0.8, 0.5), "lora_r8": (0.7, 0.5), "lora_r8_frozen": (0.692, 0.496),
+            "lora_r8_mel_only": (0.71, 0.46)}  # mel only: keeps the gain on t, loses 0.04 on u
+    cost = {"full": 2.0, "lora_r8": 1.8, "lora_r8_frozen": 1.0, "lora_r8_mel_only": 0.5}
+    records = [{"method": m, "target": t, "seed": seed, "step": 40, "similarity": v, "source_similarity": 0.5,
+                "recon_mel_l1": 1.0, "f0_cents": 0.0, "voicing_error": 0.0, "dnsmos": 3.0,
+                "sec_per_step": cost[m], "peak_gb": 1.0, "adapter_mb": 1.0}
+               for m, pair in sims.items() for t, v in zip(("t", "u"), pair, strict=True) for seed in (0, 1)]
+    floors = {t: {"similarity": 0.5, "source_similarity": 0.5, "recon_mel_l1": 1.0, "f0_cents": 0.0,
+                  "voicing_error": 0.0, "dnsmos": 3.0} for t in ("t", "u")}
+    refs = {t: {"ceiling": 0.9, "source_unconverted": 0.4, "dnsmos_natural": 3.0} for t in ("t", "u")}
+    decided = report.decisions(report.summary(records, refs, floors, METHODS))
+    assert decided["cheapest_d_mode"]["method"] == "lora_r8_frozen"  # 0.96 of the gain, loses 0.004 on u
+    assert decided["cheapest_d_mode"]["time_ratio"] == pytest.approx(0.5)
+    assert decided["r8_gain"] == pytest.approx(0.2 / 0.3)

@@ -78,9 +78,22 @@ def summary(records: list[dict], refs: dict[str, dict], floors_eval: dict[str, d
         m["time_ratio"] = [float(np.mean(m["sec_per_step"]) / full_t)]
         m["mem_ratio"] = [float(np.mean(m["peak_gb"]) / full_m)]
     order = [m.name for m in methods if m.name in per]
+    target_sims = defaultdict(list)
+    for r in final:
+        target_sims[(r["method"], r["target"])].append(r["similarity"])
     return {"per": per, "order": order, "labels": {m.name: m.label for m in methods}, "floors": floors_eval,
             "refs": refs, "steps": max(r["step"] for r in records),
-            "pairs": len({(r["target"], r["seed"]) for r in final}), "gain_targets": moving}
+            "pairs": len({(r["target"], r["seed"]) for r in final}), "gain_targets": moving,
+            "target_sims": target_sims}
+
+
+def _worst_loss(s: dict, method: str, reference: str) -> float:
+    """The largest drop of ``method``'s mean similarity below ``reference``'s on any target (last step):
+    a mode that keeps the gain where the reference learns can still lose where it does not."""
+    sims = s["target_sims"]
+    drops = [np.mean(sims[(reference, t)]) - np.mean(sims[(method, t)]) for t in s["floors"]
+             if sims.get((method, t)) and sims.get((reference, t))]
+    return float(max(drops)) if drops else 0.0
 
 
 def decisions(s: dict) -> dict:
@@ -91,7 +104,7 @@ def decisions(s: dict) -> dict:
         out["r8_gain"] = float(np.mean(per["lora_r8"]["gain"]))
     keep = []
     for name in DISCRIMINATOR_ROWS[1:]:
-        if per.get(name, {}).get("gain_vs_r8"):
+        if per.get(name, {}).get("gain_vs_r8") and _worst_loss(s, name, "lora_r8") <= MIN_REFERENCE_GAIN / 2:
             keep.append((per[name]["time_ratio"][0], name, float(np.mean(per[name]["gain_vs_r8"]))))
     ok = sorted(k for k in keep if k[2] >= 0.95)
     if ok:
