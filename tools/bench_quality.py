@@ -110,8 +110,8 @@ def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, b
     spec = out / "spec.json"
     spec.write_text(json.dumps({"overrides": overrides, "steps": list(scale.adapt_steps), "out_dir": str(out),
                                 "threads": world_mod.THREADS["n"]}))
-    _, peak = run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)],
-                        out / "train.log")
+    run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)], out / "train.log")
+    peak = worker_peak(out)
     sec_per_step, overhead = segment_cost(out)
     last = json.loads((out / f"step_{max(scale.adapt_steps)}.json").read_text())
     return save_marker(out / "done.json", token, sec_per_step=sec_per_step, overhead_s=overhead, peak_bytes=peak,
@@ -122,9 +122,14 @@ def idle_peak(work: Path) -> int:
     """Peak RSS of a training worker that trains nothing (imports only): subtracted from every run's peak."""
     spec = work / "idle_spec.json"
     spec.write_text(json.dumps({"overrides": [], "steps": [], "out_dir": str(work)}))
-    _, peak = run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)],
-                        work / "logs" / "idle.log")
-    return peak
+    run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)],
+              work / "logs" / "idle.log")
+    return worker_peak(work)
+
+
+def worker_peak(out: Path) -> int:
+    """The peak RSS a training worker recorded for itself in ``out``."""
+    return int(json.loads((out / "worker_peak.json").read_text())["peak_bytes"])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -223,8 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     floors = {t: evaluate(world, Path(base["model"]), t, encoder, F0_METHOD, scale.dnsmos) for t in world.targets}
     log("floor (unadapted base): " + ", ".join(f"{t} {f['similarity']:.3f}" for t, f in floors.items())
         + "; ceiling: " + ", ".join(f"{t} {r['ceiling']:.3f}" for t, r in refs.items()))
-    idle = marker(work / "idle.json", {"v": 1})
-    idle = (idle or save_marker(work / "idle.json", {"v": 1}, peak=idle_peak(work)))["peak"]
+    idle = marker(work / "idle.json", {"v": 2})  # v2: the worker's own VmHWM (v1 counted the parent's RSS)
+    idle = (idle or save_marker(work / "idle.json", {"v": 2}, peak=idle_peak(work)))["peak"]
 
     # 5. methods ---------------------------------------------------------------------------------------
     jobs = [(seed, t, m) for seed in seeds for m in methods for t in world.targets]  # headline rows first

@@ -4,7 +4,9 @@
 (increasing), ``out_dir``. For each step S the run continues (it resumes from its last checkpoint) to
 S steps through the public API (``load_config`` + ``run_training``), then the exported model is kept as
 ``step_S.pth`` (plus the adapter as ``step_S.safetensors``) and ``step_S.json`` records the seconds spent.
-Steps already kept are skipped, so a killed worker continues where it stopped.
+Steps already kept are skipped, so a killed worker continues where it stopped. ``worker_peak.json`` records
+the worker's own peak RSS (VmHWM): the ``ru_maxrss`` a parent gets from ``wait4`` also counts the parent's
+memory (at exec, Linux folds the high-water mark of the address space the child was forked with into it).
 """
 
 from __future__ import annotations
@@ -14,6 +16,20 @@ import shutil
 import sys
 import time
 from pathlib import Path
+
+
+def peak_rss_bytes() -> int:
+    """This process's peak resident set size (VmHWM), in bytes."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
+
+
+def record_peak(out: Path) -> None:
+    tmp = out / "worker_peak.tmp"
+    tmp.write_text(json.dumps({"peak_bytes": peak_rss_bytes()}))
+    tmp.replace(out / "worker_peak.json")
 
 
 def main(spec_path: str) -> int:
@@ -48,6 +64,7 @@ def main(spec_path: str) -> int:
                                    "final_losses": result.final_losses}))
         tmp.replace(record)
         previous = steps
+    record_peak(out)
     return 0
 
 
