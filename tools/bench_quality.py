@@ -264,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
         log("no finished runs to report yet")
         return 1
     s = report.summary(records, refs, floors, methods)
-    table = report.markdown_table(s) + "\n\n" + report.target_table(records, s)
+    table = report.markdown_table(s) + "\n\n" + report.target_table(s)
     decided = report.decisions(s)
     report.write_csv(records, out / "results.csv")
     pngs = report.plots(records, s, out)

@@ -152,15 +152,14 @@ def markdown_table(s: dict) -> str:
     return "\n".join(lines)
 
 
-def target_table(records: list[dict], s: dict) -> str:
+def target_table(s: dict) -> str:
     """Similarity gain over each target's floor at the last step (mean ± sd over seeds): where the signal is."""
-    final = final_records(records)
     targets = list(s["floors"])
     lines = ["| method | " + " | ".join(f"{t}: sim. - floor" for t in targets) + " |",
              "|" + "---|" * (len(targets) + 1)]
     for name in s["order"]:
-        cells = [_ms([r["similarity"] - s["floors"][t]["similarity"] for r in final
-                      if r["method"] == name and r["target"] == t]) for t in targets]
+        cells = [_ms([v - s["floors"][t]["similarity"] for v in s["target_sims"].get((name, t), [])])
+                 for t in targets]
         lines.append(f"| {s['labels'][name]} | " + " | ".join(cells) + " |")
     lines.append("| floor: base, unadapted (similarity) | "
                  + " | ".join(f"{s['floors'][t]['similarity']:.3f}" for t in targets) + " |")

@@ -68,21 +68,21 @@ def child_env() -> dict[str, str]:
     return env
 
 
-def run_child(args: list[str], log: Path) -> tuple[float, int]:
-    """Run ``python args...`` with output to ``log``; returns (seconds, peak RSS in bytes). Raises on failure."""
+def run_child(args: list[str], log: Path) -> None:
+    """Run ``python args...`` with output appended to ``log``. Raises on failure.
+
+    (No peak memory here: the ``ru_maxrss`` a parent gets from ``wait4`` also counts the parent's own memory,
+    so processes that report memory record their own VmHWM, as ``train_worker.py`` does.)
+    """
     log.parent.mkdir(parents=True, exist_ok=True)
-    start = time.perf_counter()
     with log.open("a") as handle:
         handle.write(f"\n$ {' '.join(args)}\n")
         handle.flush()
-        proc = subprocess.Popen([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
-                                cwd=str(REPO))
-        _, status, usage = os.wait4(proc.pid, 0)
-        proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode != 0:
+        code = subprocess.run([sys.executable, *args], stdout=handle, stderr=subprocess.STDOUT, env=child_env(),
+                              cwd=str(REPO)).returncode
+    if code != 0:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise RuntimeError(f"command failed ({proc.returncode}): {' '.join(args)}\n--- {log} ---\n{tail}")
-    return time.perf_counter() - start, int(usage.ru_maxrss) * 1024
+        raise RuntimeError(f"command failed ({code}): {' '.join(args)}\n--- {log} ---\n{tail}")
 
 
 def marker(path: Path, token: dict) -> dict | None:
@@ -134,15 +134,15 @@ def base_input(work: Path, corpus: Path, voices: list[str]) -> Path:
 
 
 def _train_phase(scale: Scale, exp: Path, log: Path, run: Path, init: Path, steps: int,
-                 discriminator: str) -> int:
-    """One full-training phase (``adapter=none``) into ``run``; returns the peak RSS of this call."""
-    return run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
+                 discriminator: str) -> None:
+    """One full-training phase (``adapter=none``) into ``run``."""
+    run_child(["-m", "rvc_lora.cli", "train", *common_overrides(scale), "adapter=none",
                       f"data.experiment_dir={exp}", "data.name=base", f"run_dir={run}", f"base.g={init}",
                       "base.d=null", f"trainer.discriminator={discriminator}", f"trainer.max_steps={steps}",
                       f"trainer.batch_size={scale.base_batch}", "trainer.best_metric=mel_l1",
                       "trainer.validation_interval=1000000", "trainer.checkpoint_interval=200",
                       "trainer.log_interval=100", "logging.progress=false",
-                      *([f"optim.lr={scale.base_lr}"] if scale.base_lr else [])], log)[1]
+                      *([f"optim.lr={scale.base_lr}"] if scale.base_lr else [])], log)
 
 
 def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = True) -> dict | None:
@@ -168,7 +168,6 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = Tru
                    str(init)], log)
     spent_path = work / "base" / "seconds.json"  # training time of earlier (interrupted) calls
     spent = json.loads(spent_path.read_text()) if spent_path.is_file() else {}
-    peak = 0
     phases = [("warmup", scale.base_warmup_steps, "mel_only"), ("run", scale.base_steps, "train")]
     start = init
     for name, steps, discriminator in phases:
@@ -178,14 +177,13 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = Tru
         if not (folder / "G_full.pth").is_file():
             began = time.perf_counter()
             try:
-                peak = max(peak, _train_phase(scale, exp, log, folder, start, steps, discriminator))
+                _train_phase(scale, exp, log, folder, start, steps, discriminator)
             finally:  # an interrupted call's time counts too (the phase resumes from its checkpoint)
                 spent[name] = spent.get(name, 0.0) + time.perf_counter() - began
                 spent_path.write_text(json.dumps(spent))
         start = folder / "G_full.pth"
     return save_marker(work / "base" / "done.json", token, g=str(run / "G_full.pth"), d=str(run / "D_full.pth"),
-                       model=str(run / "merged.pth"), seconds=sum(spent.values()), phase_seconds=spent,
-                       peak_bytes=peak)
+                       model=str(run / "merged.pth"), seconds=sum(spent.values()), phase_seconds=spent)
 
 
 def scale_summary(scale: Scale) -> dict:
