@@ -22,13 +22,13 @@ import argparse
 import json
 import os
 import shutil
+import signal
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import numpy as np  # noqa: E402
 from quality import corpus as corpus_mod  # noqa: E402
 from quality import methods as methods_mod  # noqa: E402
 from quality import report  # noqa: E402
@@ -52,9 +52,9 @@ SCALES = {
     # Sized for 2 CPU cores: a narrow generator and discriminator (a GAN step of batch 4: 1.6 s at 2 threads,
     # mel-only 0.75-1.2 s; upsampling width 96 and a 4x-narrowed discriminator cost 2.1x more), the base
     # warmed up without the discriminator, short adaptations at a raised learning rate.
-    "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=600, base_batch=4,
+    "full": Scale("full", corpus_mod.CorpusSizes(), encoder_steps=600, base_steps=500, base_batch=4,
                   adapt_steps=(10, 20, 40), adapt_batch=4, seeds=(0, 1), discriminator_divisor=16, adapt_lr=5e-4,
-                  base_warmup_steps=1500, base_lr=5e-4,
+                  base_warmup_steps=600, base_lr=5e-4,
                   model_config=rvc_config(inter=48, hidden=64, filt=192, layers=2, uic=64, gin=48)),
     "quick": Scale("quick", corpus_mod.QUICK_SIZES, encoder_steps=10, base_steps=5, base_batch=4,
                    adapt_steps=(2, 4), adapt_batch=2, seeds=(0,), discriminator_divisor=16,
@@ -74,15 +74,25 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def segment_cost(work: Path) -> tuple[float, float]:
-    """(seconds per step, fixed seconds per segment) fitted over a run's kept segments."""
-    segs = [json.loads(p.read_text()) for p in sorted(work.glob("step_*.json"))]
-    steps = np.array([s["steps"] - s["from"] for s in segs], dtype=float)
-    secs = np.array([s["seconds"] for s in segs], dtype=float)
-    if len(set(steps.tolist())) < 2:
-        return float(secs.sum() / steps.sum()), 0.0
-    slope, intercept = np.polyfit(steps, secs, 1)
-    return float(slope), float(intercept)
+def seconds_per_step(run: Path) -> float:
+    """A run's training seconds over its steps, fixed costs of each resumed segment included (building the
+    models, export). A line fitted through the segments separated the two on a quiet machine only: with jobs
+    side by side its slope went negative for some runs."""
+    segs = [json.loads(p.read_text()) for p in run.glob("step_*.json") if p.name.count(".") == 1]
+    return sum(s["seconds"] for s in segs) / sum(s["steps"] - s["from"] for s in segs)
+
+
+def run_overrides(scale: Scale, method, target: str, seed: int, exp: Path, base: dict, run_dir: Path) -> list[str]:
+    """The ``rvc-lora train`` overrides of one (method, target, seed) run."""
+    # the scale's learning rate first, so a row that sets its own (``optim.lr=...``) overrides it
+    return [*common_overrides(scale), *([f"optim.lr={scale.adapt_lr}"] if scale.adapt_lr else []),
+            *method.overrides, f"data.experiment_dir={exp}", f"data.name={target}", "data.speaker_id=0",
+            f"base.g={base['g']}", f"base.d={base['d']}", f"run_dir={run_dir}",
+            f"trainer.batch_size={scale.adapt_batch}", f"trainer.seed={1234 + seed}",
+            f"trainer.validation_interval={min(scale.adapt_steps)}",
+            f"trainer.checkpoint_interval={min(scale.adapt_steps)}", "trainer.keep_checkpoints=1",
+            "trainer.best_metric=mel_l1", "trainer.log_interval=1000", "logging.tensorboard=false",
+            "logging.progress=false"]
 
 
 def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, base: dict,
@@ -100,36 +110,54 @@ def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, b
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     save_marker(out / "started.json", token)
-    overrides = [*common_overrides(scale), *method.overrides, f"data.experiment_dir={exp}", f"data.name={target}",
-                 "data.speaker_id=0", f"base.g={base['g']}", f"base.d={base['d']}", f"run_dir={out / 'run'}",
-                 f"trainer.batch_size={scale.adapt_batch}", f"trainer.seed={1234 + seed}",
-                 f"trainer.validation_interval={min(scale.adapt_steps)}",
-                 f"trainer.checkpoint_interval={min(scale.adapt_steps)}", "trainer.keep_checkpoints=1",
-                 "trainer.best_metric=mel_l1", "trainer.log_interval=1000", "logging.tensorboard=false",
-                 "logging.progress=false", *([f"optim.lr={scale.adapt_lr}"] if scale.adapt_lr else [])]
+    overrides = run_overrides(scale, method, target, seed, exp, base, out / "run")
     spec = out / "spec.json"
     spec.write_text(json.dumps({"overrides": overrides, "steps": list(scale.adapt_steps), "out_dir": str(out),
                                 "threads": world_mod.THREADS["n"]}))
     run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)], out / "train.log")
-    peak = worker_peak(out)
-    sec_per_step, overhead = segment_cost(out)
+    peak = training_peak(out)
     last = json.loads((out / f"step_{max(scale.adapt_steps)}.json").read_text())
-    return save_marker(out / "done.json", token, sec_per_step=sec_per_step, overhead_s=overhead, peak_bytes=peak,
+    return save_marker(out / "done.json", token, train_peak_bytes=peak,
                        adapter_bytes=last["adapter_bytes"])
 
 
-def idle_peak(work: Path) -> int:
-    """Peak RSS of a training worker that trains nothing (imports only): subtracted from every run's peak."""
-    spec = work / "idle_spec.json"
-    spec.write_text(json.dumps({"overrides": [], "steps": [], "out_dir": str(work)}))
-    run_child([str(Path(__file__).resolve().parent / "quality" / "train_worker.py"), str(spec)],
-              work / "logs" / "idle.log")
-    return worker_peak(work)
+def training_peak(out: Path) -> int:
+    """What training took above the worker's imports: its peak RSS minus its RSS after the imports (VmHWM, both
+    recorded by the worker itself in ``out``)."""
+    record = json.loads((out / "worker_peak.json").read_text())
+    return max(int(record["peak_bytes"]) - int(record["idle_bytes"]), 0)
 
 
-def worker_peak(out: Path) -> int:
-    """The peak RSS a training worker recorded for itself in ``out``."""
-    return int(json.loads((out / "worker_peak.json").read_text())["peak_bytes"])
+def score_runs(world, work: Path, scale: Scale, encoder: Path, jobs: list, costs: list,
+               final_eval_only: bool) -> list[dict]:
+    """Score every finished (seed, target, method) job at each evaluation step, in job order, as its training
+    (a future in ``costs``: the run's cost figures, None when not trained) completes. Returns the records."""
+    from quality.evaluate import cached_evaluation, evaluate
+    from tqdm import tqdm
+
+    records = []
+    for i, (seed, target, method) in enumerate(tqdm(jobs, desc="runs", unit="run", disable=None, file=sys.stderr)):
+        t0 = time.perf_counter()
+        cost = costs[i].result()
+        if cost is None:
+            continue
+        run_dir = work / "runs" / method.name / target / f"seed{seed}"
+        for step in scale.adapt_steps:
+            final = step == max(scale.adapt_steps)
+            model = run_dir / f"step_{step}.pth"
+            if not final and final_eval_only:
+                metrics = cached_evaluation(model, target)
+                if metrics is None:
+                    continue
+            else:
+                metrics = evaluate(world, model, target, encoder, F0_METHOD, scale.dnsmos and final)
+            records.append({"method": method.name, "target": target, "seed": seed, "step": step, **metrics,
+                            "sec_per_step": seconds_per_step(run_dir), "peak_gb": cost["train_peak_bytes"] / 1e9,
+                            "adapter_mb": cost["adapter_bytes"] / 1e6})
+        log(f"run {i + 1}/{len(jobs)} {method.name} {target} seed {seed}: similarity "
+            f"{records[-1]['similarity']:.3f} at step {max(scale.adapt_steps)} (waited and scored in "
+            f"{time.perf_counter() - t0:.0f} s)")
+    return records
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -149,7 +177,13 @@ def main(argv: list[str] | None = None) -> int:
                              "without this flag scores them for the curves)")
     parser.add_argument("--threads", type=int, default=1,
                         help="torch threads per process (1: fastest on a busy machine; 2 on a quiet one)")
+    parser.add_argument("--jobs", type=int,
+                        help="child processes side by side (prepares, adaptation runs); default: cores / threads")
     args = parser.parse_args(argv)
+    if args.threads < 1 or (args.jobs is not None and args.jobs < 1):
+        parser.error("--threads and --jobs must be at least 1")
+    args.jobs = args.jobs or max(1, len(os.sched_getaffinity(0)) // args.threads)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)  # stop like Ctrl-C: children included (below)
 
     missing = missing_extra()
     if missing:
@@ -205,61 +239,42 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. experiments and base --------------------------------------------------------------------------
     log("prepare: base voices (pooled) and targets")
-    base_exp = prepare(work, scale, "base", base_input(work, corpus, manifest["base"]), encoder, logs / "prepare.log")
-    target_exps = {t: prepare(work, scale, t, corpus / t / "train", encoder, logs / "prepare.log")
-                   for t in manifest["targets"]}
+    inputs = {"base": base_input(work, corpus, manifest["base"]),
+              **{t: corpus / t / "train" for t in manifest["targets"]}}
+    with world_mod.child_pool(args.jobs) as pool:  # each prepare is a child process
+        futures = {name: pool.submit(prepare, work, scale, name, folder, encoder, logs / f"prepare_{name}.log")
+                   for name, folder in inputs.items()}
+        exps = {name: future.result() for name, future in futures.items()}
+    base_exp, target_exps = exps.pop("base"), exps
     log(f"base: full training (adapter=none), {scale.base_warmup_steps} mel-only steps, then "
         f"{scale.base_steps} with the discriminator")
-    base = train_base(work, scale, base_exp, logs / "base.log", train=not args.report_only)
+    base = train_base(work, scale, base_exp, logs / "base.log", train=not args.report_only,
+                      threads=args.threads * args.jobs)  # one process: every core the jobs would use
     if base is None:
         log("the base is not trained yet: run without --report-only")
         return 1
     log(f"base: ready ({base['seconds'] / 60:.1f} min to train)")
 
-    # 4. references and floor --------------------------------------------------------------------------
-    from quality.evaluate import World, cached_evaluation, evaluate
+    # 4. methods: adaptation workers train side by side (--jobs) while this process builds the references and
+    # the floor, then scores each run in job order as it finishes ---------------------------------------
+    from quality.evaluate import World, evaluate
     from quality.metrics import Scorer
 
-    scorer = Scorer(F0_METHOD, dnsmos=scale.dnsmos, dnsmos_clips=scale.dnsmos_clips)
-    world = World(corpus, manifest, scorer)
-    refs_path = work / "references.json"
-    refs = marker(refs_path, manifest["token"])
-    refs = refs["refs"] if refs else save_marker(refs_path, manifest["token"], refs=world.references())["refs"]
-    floors = {t: evaluate(world, Path(base["model"]), t, encoder, F0_METHOD, scale.dnsmos) for t in world.targets}
-    log("floor (unadapted base): " + ", ".join(f"{t} {f['similarity']:.3f}" for t, f in floors.items())
-        + "; ceiling: " + ", ".join(f"{t} {r['ceiling']:.3f}" for t, r in refs.items()))
-    idle = marker(work / "idle.json", {"v": 2})  # v2: the worker's own VmHWM (v1 counted the parent's RSS)
-    idle = (idle or save_marker(work / "idle.json", {"v": 2}, peak=idle_peak(work)))["peak"]
+    jobs = [(seed, t, m) for m in methods for seed in seeds for t in manifest["targets"]]  # headline rows first
+    with world_mod.child_pool(args.jobs) as pool:  # stopping the benchmark stops its children (re-run continues)
+        costs = [pool.submit(adapt, work, scale, method, target, seed, target_exps[target], base,
+                             train=not args.report_only) for seed, target, method in jobs]
+        world = World(corpus, manifest, Scorer(F0_METHOD, dnsmos=scale.dnsmos, dnsmos_clips=scale.dnsmos_clips))
+        refs_path = work / "references.json"
+        refs = marker(refs_path, manifest["token"])
+        refs = refs["refs"] if refs else save_marker(refs_path, manifest["token"], refs=world.references())["refs"]
+        floors = {t: evaluate(world, Path(base["model"]), t, encoder, F0_METHOD, scale.dnsmos)
+                  for t in world.targets}
+        log("floor (unadapted base): " + ", ".join(f"{t} {f['similarity']:.3f}" for t, f in floors.items())
+            + "; ceiling: " + ", ".join(f"{t} {r['ceiling']:.3f}" for t, r in refs.items()))
+        records = score_runs(world, work, scale, encoder, jobs, costs, args.final_eval_only)
 
-    # 5. methods ---------------------------------------------------------------------------------------
-    jobs = [(seed, t, m) for seed in seeds for m in methods for t in world.targets]  # headline rows first
-    records = []
-    from tqdm import tqdm
-
-    bar = tqdm(jobs, desc="runs", unit="run", disable=None, file=sys.stderr)
-    for i, (seed, target, method) in enumerate(bar):
-        t0 = time.perf_counter()
-        cost = adapt(work, scale, method, target, seed, target_exps[target], base, train=not args.report_only)
-        if cost is None:
-            continue
-        run_dir = work / "runs" / method.name / target / f"seed{seed}"
-        for step in scale.adapt_steps:
-            final = step == max(scale.adapt_steps)
-            model = run_dir / f"step_{step}.pth"
-            if not final and args.final_eval_only:
-                metrics = cached_evaluation(model, target)
-                if metrics is None:
-                    continue
-            else:
-                metrics = evaluate(world, model, target, encoder, F0_METHOD, scale.dnsmos and final)
-            records.append({"method": method.name, "target": target, "seed": seed, "step": step, **metrics,
-                            "sec_per_step": cost["sec_per_step"],
-                            "peak_gb": max(cost["peak_bytes"] - idle, 0) / 1e9,
-                            "adapter_mb": cost["adapter_bytes"] / 1e6})
-        log(f"run {i + 1}/{len(jobs)} {method.name} {target} seed {seed}: similarity "
-            f"{records[-1]['similarity']:.3f} at step {max(scale.adapt_steps)} ({time.perf_counter() - t0:.0f} s)")
-
-    # 6. report ----------------------------------------------------------------------------------------
+    # 5. report ----------------------------------------------------------------------------------------
     if not records:
         log("no finished runs to report yet")
         return 1
@@ -269,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     report.write_csv(records, out / "results.csv")
     pngs = report.plots(records, s, out)
     results = {"scale": scale_summary(scale), "encoder": enc_info, "base_minutes": base["seconds"] / 60,
-               "decisions": decided, "seconds": time.perf_counter() - started, "idle_peak_gb": idle / 1e9,
+               "decisions": decided, "seconds": time.perf_counter() - started,
                "steps": s["steps"], "pairs": s["pairs"]}
     (out / "summary.json").write_text(json.dumps(results, indent=1, default=float))
     (out / "table.md").write_text(table + "\n")

@@ -5,8 +5,9 @@
 S steps through the public API (``load_config`` + ``run_training``), then the exported model is kept as
 ``step_S.pth`` (plus the adapter as ``step_S.safetensors``) and ``step_S.json`` records the seconds spent.
 Steps already kept are skipped, so a killed worker continues where it stopped. ``worker_peak.json`` records
-the worker's own peak RSS (VmHWM): the ``ru_maxrss`` a parent gets from ``wait4`` also counts the parent's
-memory (at exec, Linux folds the high-water mark of the address space the child was forked with into it).
+the worker's own peak RSS (VmHWM) after its imports (``idle_bytes``) and at the end (``peak_bytes``): their
+difference is what training took. (The ``ru_maxrss`` a parent gets from ``wait4`` would also count the
+parent's memory: at exec, Linux folds the high-water mark of the address space the child was forked with in.)
 """
 
 from __future__ import annotations
@@ -26,9 +27,9 @@ def peak_rss_bytes() -> int:
     raise RuntimeError("no VmHWM in /proc/self/status")
 
 
-def record_peak(out: Path) -> None:
+def record_peak(out: Path, idle_bytes: int) -> None:
     tmp = out / "worker_peak.tmp"
-    tmp.write_text(json.dumps({"peak_bytes": peak_rss_bytes()}))
+    tmp.write_text(json.dumps({"peak_bytes": peak_rss_bytes(), "idle_bytes": idle_bytes}))
     tmp.replace(out / "worker_peak.json")
 
 
@@ -40,6 +41,7 @@ def main(spec_path: str) -> int:
     from rvc_lora.utils import tune_allocator
 
     tune_allocator()  # as the rvc-lora command does
+    idle_bytes = peak_rss_bytes()
     spec = json.loads(Path(spec_path).read_text())
     torch.set_num_threads(int(spec.get("threads", 2)))
     out = Path(spec["out_dir"])
@@ -64,7 +66,7 @@ def main(spec_path: str) -> int:
                                    "final_losses": result.final_losses}))
         tmp.replace(record)
         previous = steps
-    record_peak(out)
+    record_peak(out, idle_bytes)
     return 0
 
 
