@@ -108,10 +108,13 @@ def run_child(args: list[str], log: Path, threads: int | None = None) -> None:
 
 
 def _stop(children: list[subprocess.Popen], timeout: float = 120.0) -> None:
-    """SIGINT (a trainer saves a checkpoint and returns), wait, then kill what is still running."""
+    """SIGTERM (a trainer saves a checkpoint and returns), wait, then kill what is still running.
+
+    Not SIGINT: a shell without job control starts background commands with SIGINT ignored, and children
+    inherit that (python then never raises KeyboardInterrupt)."""
     for child in children:
         if child.poll() is None:
-            child.send_signal(signal.SIGINT)
+            child.send_signal(signal.SIGTERM)
     for child in children:
         try:
             child.wait(timeout)
