@@ -1,9 +1,11 @@
-"""What every benchmark script shares: the allocator choice (tuned like the rvc-lora command, or not)."""
+"""What every benchmark script shares: the allocator choice (tuned like the rvc-lora command, or not) and
+the process's own peak memory."""
 
 from __future__ import annotations
 
 import argparse
 import os
+from pathlib import Path
 
 from rvc_lora.utils import tune_allocator
 
@@ -18,3 +20,16 @@ def setup_allocator(args: argparse.Namespace) -> str:
     if args.no_malloc_tuning:
         os.environ["RVC_LORA_NO_MALLOC_TUNING"] = "1"
     return "tuned" if tune_allocator() else "default"
+
+
+def peak_rss_bytes() -> int:
+    """This process's own peak resident set size in bytes: VmHWM from /proc (a parent's ``wait4`` figure
+    would also count the parent's memory), or ``getrusage`` where there is no /proc."""
+    status = Path("/proc/self/status")
+    if status.is_file():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -19,7 +19,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_common import add_allocator_flag, setup_allocator
+from bench_common import add_allocator_flag, peak_rss_bytes, setup_allocator
 
 MODES = {
     "full fine-tune (adapter=none)": ["adapter=none", "trainer.discriminator=train"],
@@ -65,12 +65,7 @@ def _peak_memory_gb(device) -> float:
 
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 1e9
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1e6
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    return peak_rss_bytes() / 1e9
 
 
 def worker(root: Path, overrides: list[str], steps: int, tiny: bool) -> dict:

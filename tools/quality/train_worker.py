@@ -18,13 +18,7 @@ import sys
 import time
 from pathlib import Path
 
-
-def peak_rss_bytes() -> int:
-    """This process's peak resident set size (VmHWM), in bytes."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    raise RuntimeError("no VmHWM in /proc/self/status")
+from bench_common import peak_rss_bytes  # tools/ is on the path of the benchmark's children
 
 
 def record_peak(out: Path, idle_bytes: int) -> None:
