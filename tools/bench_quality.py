@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import signal
 import sys
 import time
@@ -44,6 +43,7 @@ from quality.world import (  # noqa: E402
     rvc_config,
     save_marker,
     scale_summary,
+    start_over_unless_same,
     train_base,
 )
 
@@ -74,11 +74,11 @@ def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def seconds_per_step(run: Path) -> float:
-    """A run's training seconds over its steps, fixed costs of each resumed segment included (building the
-    models, export). A line fitted through the segments separated the two on a quiet machine only: with jobs
-    side by side its slope went negative for some runs."""
-    segs = [json.loads(p.read_text()) for p in run.glob("step_*.json") if p.name.count(".") == 1]
+def seconds_per_step(run: Path, steps: tuple[int, ...]) -> float:
+    """A run's training seconds over its steps (its ``step_S.json`` records), fixed costs of each resumed
+    segment included (building the models, export). A line fitted through the segments separated the two on
+    a quiet machine only: with jobs side by side its slope went negative for some runs."""
+    segs = [json.loads((run / f"step_{step}.json").read_text()) for step in steps]
     return sum(s["seconds"] for s in segs) / sum(s["steps"] - s["from"] for s in segs)
 
 
@@ -106,10 +106,7 @@ def adapt(work: Path, scale: Scale, method, target: str, seed: int, exp: Path, b
     done = marker(out / "done.json", token)
     if done or not train:
         return done
-    if marker(out / "started.json", token) is None:  # kept steps and checkpoints of other settings: start over
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
-    save_marker(out / "started.json", token)
+    start_over_unless_same(out, token)
     overrides = run_overrides(scale, method, target, seed, exp, base, out / "run")
     spec = out / "spec.json"
     spec.write_text(json.dumps({"overrides": overrides, "steps": list(scale.adapt_steps), "out_dir": str(out),
@@ -142,6 +139,8 @@ def score_runs(world, work: Path, scale: Scale, encoder: Path, jobs: list, costs
         if cost is None:
             continue
         run_dir = work / "runs" / method.name / target / f"seed{seed}"
+        run_cost = {"sec_per_step": seconds_per_step(run_dir, scale.adapt_steps),
+                    "peak_gb": cost["train_peak_bytes"] / 1e9, "adapter_mb": cost["adapter_bytes"] / 1e6}
         for step in scale.adapt_steps:
             final = step == max(scale.adapt_steps)
             model = run_dir / f"step_{step}.pth"
@@ -152,8 +151,7 @@ def score_runs(world, work: Path, scale: Scale, encoder: Path, jobs: list, costs
             else:
                 metrics = evaluate(world, model, target, encoder, F0_METHOD, scale.dnsmos and final)
             records.append({"method": method.name, "target": target, "seed": seed, "step": step, **metrics,
-                            "sec_per_step": seconds_per_step(run_dir), "peak_gb": cost["train_peak_bytes"] / 1e9,
-                            "adapter_mb": cost["adapter_bytes"] / 1e6})
+                            **run_cost})
         log(f"run {i + 1}/{len(jobs)} {method.name} {target} seed {seed}: similarity "
             f"{records[-1]['similarity']:.3f} at step {max(scale.adapt_steps)} (waited and scored in "
             f"{time.perf_counter() - t0:.0f} s)")

@@ -147,6 +147,15 @@ def marker(path: Path, token: dict) -> dict | None:
     return None
 
 
+def start_over_unless_same(folder: Path, token: dict) -> None:
+    """Empty ``folder`` unless its work was started with ``token`` (kept steps and checkpoints of other
+    settings must not be resumed), then record ``token`` as the settings it is started with."""
+    if marker(folder / "started.json", token) is None:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    save_marker(folder / "started.json", token)
+
+
 def save_marker(path: Path, token: dict, **values) -> dict:
     data = {"token": token, **values}
     tmp = path.with_suffix(".tmp")
@@ -236,10 +245,7 @@ def train_base(work: Path, scale: Scale, exp: Path, log: Path, train: bool = Tru
     done = marker(work / "base" / "done.json", token)
     if done or not train:
         return done
-    if marker(work / "base" / "started.json", token) is None:  # phases of other settings: start over
-        shutil.rmtree(work / "base", ignore_errors=True)
-    (work / "base").mkdir(parents=True, exist_ok=True)
-    save_marker(work / "base" / "started.json", token)
+    start_over_unless_same(work / "base", token)
     init = work / "base" / "G_init.pth"
     if not init.is_file():
         initial_synthesizer(init, scale.model_config)
