@@ -18,7 +18,7 @@ from typing import Any
 
 from hydra.core.config_store import ConfigStore
 
-from rvc_lora.features.content import CONTENT_KINDS
+from rvc_lora.features.content_kinds import CONTENT_KINDS
 from rvc_lora.features.pitch import METHODS as PITCH_METHODS
 
 SCHEMA_NAME = "rvc_lora_schema"

@@ -157,3 +157,23 @@ def test_every_module_serves_the_package_not_only_tests() -> None:
             parents = {".".join(module.split(".")[:i]) for i in range(1, module.count(".") + 1)}
             todo += graph[module] | parents  # importing a.b.c runs a/__init__ and a/b/__init__ first
     assert sorted(set(graph) - reached) == []
+
+
+def test_command_line_help_and_config_start_without_loading_torch() -> None:
+    """``rvc-lora --help``, every subcommand's options and ``rvc-lora config`` stay under a second of
+    imports: torch (several seconds to import) is loaded only by commands that run models."""
+    import subprocess
+    import sys
+
+    probe = (
+        "import contextlib, io, sys\n"
+        "from rvc_lora.cli import build_parser, main\n"
+        "build_parser().format_help()\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    main(['config', 'lora.rank=4'])\n"
+        "print(sorted(m for m in ('torch', 'torchaudio') if m in sys.modules))\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120,
+                          cwd=PACKAGE_DIR.parent)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip() == "[]"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +21,9 @@ from rvc_lora.data.experiment import (
 )
 from rvc_lora.models import build_synthesizer
 from rvc_lora.models import configs as model_configs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tools"))
+from bench_common import random_adapter  # noqa: E402
 
 TINY = model_configs.tiny_config()
 SR = 40000
@@ -69,19 +73,8 @@ def make_base(path: Path, seed: int = 0) -> Path:
 
 
 def make_adapter(model_path: Path, out: Path, seed: int) -> Path:
-    """A rank-4 adapter over ``model_path`` with random (non-identity) up factors."""
-    from rvc_lora.checkpoint import load_rvc
-    from rvc_lora.generator_lora import SynthesizerLoRA
-    from rvc_lora.lora import LoRAConfig, lora_layers
-
-    synth = load_rvc(model_path).model
-    host = SynthesizerLoRA(synth, LoRAConfig(rank=4, alpha=4.0), base_desc=str(model_path))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(synth.dec).values():
-            up = layer.adapters["default"].lora_up
-            up.copy_(torch.randn(up.shape, generator=gen) * 0.3)
-    return host.save_adapter(out)
+    """A rank-4 adapter over ``model_path`` with random up factors large enough to change the output."""
+    return random_adapter(model_path, out, seed=seed, rank=4, scale=0.3)
 
 
 def tiny_config(tmp: Path, groups: tuple[str, ...] = (), **trainer: object) -> DictConfig:

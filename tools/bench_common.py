@@ -1,5 +1,5 @@
-"""What every benchmark script shares: the allocator choice (tuned like the rvc-lora command, or not) and
-the process's own peak memory."""
+"""What every benchmark script shares: the allocator choice (tuned like the rvc-lora command, or not),
+the process's own peak memory, and adapters with random non-zero factors to time and serve."""
 
 from __future__ import annotations
 
@@ -33,3 +33,22 @@ def peak_rss_bytes() -> int:
     import resource
 
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def random_adapter(model_path: Path, out: Path, *, seed: int, rank: int = 8, scale: float = 1e-3) -> Path:
+    """Save an adapter for the RVC model at ``model_path`` on the default targets (ups.* + resblocks.*) whose
+    up factors are ``scale`` x N(0, 1) draws from ``seed`` (a fresh adapter's are zero: an identity)."""
+    import torch
+
+    from rvc_lora.checkpoint import load_rvc
+    from rvc_lora.generator_lora import SynthesizerLoRA
+    from rvc_lora.lora import LoRAConfig, lora_layers
+
+    synth = load_rvc(model_path).model
+    host = SynthesizerLoRA(synth, LoRAConfig(rank=rank, alpha=float(rank)), base_desc=str(model_path))
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for layer in lora_layers(synth.dec).values():
+            up = layer.adapters["default"].lora_up
+            up.copy_(torch.randn(up.shape, generator=gen) * scale)
+    return host.save_adapter(out)

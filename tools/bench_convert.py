@@ -37,14 +37,12 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_common import add_allocator_flag, setup_allocator
+from bench_common import add_allocator_flag, random_adapter, setup_allocator
 
 from rvc_lora.checkpoint import load_rvc, save_rvc  # noqa: E402
 from rvc_lora.demo.random_hubert import make_random_checkpoint  # noqa: E402
-from rvc_lora.generator_lora import SynthesizerLoRA  # noqa: E402
 from rvc_lora.infer import Converter, StageTimes  # noqa: E402
 from rvc_lora.infer.precision import cpu_has_native_bf16  # noqa: E402
-from rvc_lora.lora import LoRAConfig, lora_layers  # noqa: E402
 from rvc_lora.merge import merge_adapters  # noqa: E402
 from rvc_lora.models import build_synthesizer  # noqa: E402
 
@@ -60,18 +58,6 @@ def speech_like(seconds: float, sr: int = 16000, seed: int = 0) -> np.ndarray:
     gate = (np.sin(2 * np.pi * 0.7 * t) > -0.3).astype(np.float64)
     noise = rng.standard_normal(n) * 0.05 * (np.sin(2 * np.pi * 1.9 * t) > 0.8)
     return (0.25 * voiced * gate + noise).astype(np.float32)
-
-
-def make_adapter(base_path: Path, out: Path, seed: int) -> Path:
-    """A rank-8 adapter on ups.* + resblocks.* with non-zero random factors, saved for ``base_path``."""
-    synth = load_rvc(base_path).model
-    host = SynthesizerLoRA(synth, LoRAConfig(rank=8, alpha=8.0), base_desc=str(base_path))
-    gen = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in lora_layers(synth.dec).values():
-            up = layer.adapters["default"].lora_up
-            up.copy_(torch.randn(up.shape, generator=gen) * 1e-3)
-    return host.save_adapter(out)
 
 
 def make_index(folder: Path, rows: int) -> Path:
@@ -204,8 +190,8 @@ def main(argv: list[str] | None = None) -> int:
         t_build = time.perf_counter()
         base_path = save_rvc(build_synthesizer("v2", 40000, True), tmp / "base_v2_40k.pth")
         hubert = make_random_checkpoint(tmp / "hubert_base_random.pt", size="base")
-        adapter_a = make_adapter(base_path, tmp / "a.safetensors", seed=1)
-        adapter_b = make_adapter(base_path, tmp / "b.safetensors", seed=2)
+        adapter_a = random_adapter(base_path, tmp / "a.safetensors", seed=1)
+        adapter_b = random_adapter(base_path, tmp / "b.safetensors", seed=2)
         merged_path = merge_adapters(base_path, [(adapter_a, 1.0)], tmp / "merged.pth", dtype="fp32")
         index = make_index(tmp, args.index_rows)
         t_build = time.perf_counter() - t_build

@@ -39,8 +39,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_common import add_allocator_flag, setup_allocator  # noqa: E402
-from bench_convert import make_adapter, speech_like  # noqa: E402
+from bench_common import add_allocator_flag, random_adapter, setup_allocator  # noqa: E402
+from bench_convert import speech_like  # noqa: E402
 
 from rvc_lora.checkpoint import save_rvc  # noqa: E402
 from rvc_lora.demo.random_hubert import make_random_checkpoint  # noqa: E402
@@ -288,7 +288,7 @@ def run(args: argparse.Namespace, allocator: str) -> None:
         registry = tmp / "adapters"
         registry.mkdir()
         for seed, adapter in enumerate(ADAPTERS, start=1):
-            make_adapter(model, registry / f"{adapter}.safetensors", seed=seed)
+            random_adapter(model, registry / f"{adapter}.safetensors", seed=seed)
         print(f"(built the model, HuBERT and adapters in {time.perf_counter() - start:.1f} s)\n")
         if not args.skip_http:
             bench_http(args, tmp, model, hubert, registry)

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from rvc_lora.features.content_kinds import CONTENT_KINDS
 from rvc_lora.features.content_layouts import (
     Hints,
     HubertSpec,
@@ -45,8 +46,6 @@ from rvc_lora.utils import RVCLoraError, resolve_device
 OUTPUT_LAYER = {"v1": 9, "v2": 12}
 SAMPLE_RATE = 16000
 HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-# content.kind: hubert (fairseq / Hugging Face HuBERT or ContentVec), torchscript, or auto (detected).
-CONTENT_KINDS = ("auto", "hubert", "torchscript")
 
 
 class ContentModelMissing(RVCLoraError):

@@ -12,7 +12,8 @@ import abc
 import numpy as np
 
 SAMPLE_RATE = 16000
-HOP = 160
+HOP = 160  # samples per f0 / synthesis frame at 16 kHz (10 ms)
+FRAMES_PER_SECOND = SAMPLE_RATE // HOP
 F0_MIN = 50.0
 F0_MAX = 1100.0
 

@@ -23,7 +23,7 @@ def add_live_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--output", help="write the converted stream here (.wav / .flac; default: the speakers)")
     add_model_arguments(parser)
     add_option_arguments(parser)
-    from rvc_lora.infer.streaming import StreamSettings
+    from rvc_lora.infer.stream_layout import StreamSettings
 
     default = StreamSettings()
     group = parser.add_argument_group("stream layout (seconds)")
@@ -53,7 +53,7 @@ def _sounddevice():
 def _settings(args: argparse.Namespace):
     from dataclasses import fields
 
-    from rvc_lora.infer.streaming import StreamSettings
+    from rvc_lora.infer.stream_layout import StreamSettings
 
     return StreamSettings(**{f.name: getattr(args, f.name) for f in fields(StreamSettings)})
 

@@ -26,11 +26,10 @@ import numpy as np
 import torch
 
 from rvc_lora.features.pitch import coarse_pitch, shift_pitch
+from rvc_lora.features.pitch_extractor import FRAMES_PER_SECOND, SAMPLE_RATE
+from rvc_lora.features.pitch_extractor import HOP as WINDOW
 from rvc_lora.utils import RVCLoraError
 
-SAMPLE_RATE = 16000
-WINDOW = 160  # samples per f0 / synthesis frame at 16 kHz (10 ms)
-FRAMES_PER_SECOND = SAMPLE_RATE // WINDOW
 INPUT_PEAK = 0.95
 OUTPUT_PEAK = 0.99
 HIGHPASS_HZ = 48.0

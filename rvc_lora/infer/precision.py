@@ -19,10 +19,12 @@ from __future__ import annotations
 import platform
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from rvc_lora.utils import RVCLoraError
+
+if TYPE_CHECKING:  # torch is imported where a plan is made: the command line's choices need no torch
+    import torch
 
 PRECISIONS = ("auto", "fp32", "mixed", "bf16", "fp16")
 LAYOUTS = ("auto", "channels_last", "default")
@@ -47,6 +49,8 @@ class ExecutionPlan:
 
     def apply(self, generator: torch.nn.Module) -> None:
         """Set the generator's execution (``set_execution``) to this plan."""
+        import torch
+
         generator.set_execution(channels_last=self.channels_last, reduced_stages=self.reduced_stages,
                                 reduced_dtype=self.reduced_dtype or torch.bfloat16)
 
@@ -71,6 +75,8 @@ def plan_execution(precision: str, device: torch.device, num_stages: int, layout
 
     ``native_bf16`` overrides the CPU detection (:func:`cpu_has_native_bf16`).
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise RVCLoraError(f"unknown precision {precision!r}; choose one of {', '.join(PRECISIONS)}")
     if layout not in LAYOUTS:
