@@ -157,23 +157,44 @@ def test_cached_evaluation_is_used_only_when_newer_than_the_model_and_complete(t
     assert cached_evaluation(model, "t1") is None
 
 
+def _records(sims: dict[tuple[str, str, int], float], cost: dict[str, float] | None = None) -> list[dict]:
+    """Benchmark records for (method, target, step) -> similarity, the same at seeds 0 and 1."""
+    return [{"method": m, "target": t, "seed": seed, "step": step, "similarity": v, "source_similarity": 0.5,
+             "recon_mel_l1": 1.0, "f0_cents": 0.0, "voicing_error": 0.0, "dnsmos": 3.0,
+             "sec_per_step": (cost or {}).get(m, 1.0), "peak_gb": 1.0, "adapter_mb": 1.0}
+            for (m, t, step), v in sims.items() for seed in (0, 1)]
+
+
+FLOORS = {t: {"similarity": 0.5, "source_similarity": 0.5, "recon_mel_l1": 1.0, "f0_cents": 0.0,
+              "voicing_error": 0.0, "dnsmos": 3.0} for t in ("t", "u")}
+REFS = {t: {"ceiling": 0.9, "source_unconverted": 0.4, "dnsmos_natural": 3.0} for t in ("t", "u")}
+
+
 def test_cheapest_discriminator_mode_must_keep_the_gain_and_not_lose_elsewhere():
     from quality.methods import METHODS
 
     sims = {"full": (0.8, 0.5), "lora_r8": (0.7, 0.5), "lora_r8_frozen": (0.692, 0.496),
             "lora_r8_mel_only": (0.71, 0.46)}  # mel only: keeps the gain on t, loses 0.04 on u
     cost = {"full": 2.0, "lora_r8": 1.8, "lora_r8_frozen": 1.0, "lora_r8_mel_only": 0.5}
-    records = [{"method": m, "target": t, "seed": seed, "step": 40, "similarity": v, "source_similarity": 0.5,
-                "recon_mel_l1": 1.0, "f0_cents": 0.0, "voicing_error": 0.0, "dnsmos": 3.0,
-                "sec_per_step": cost[m], "peak_gb": 1.0, "adapter_mb": 1.0}
-               for m, pair in sims.items() for t, v in zip(("t", "u"), pair, strict=True) for seed in (0, 1)]
-    floors = {t: {"similarity": 0.5, "source_similarity": 0.5, "recon_mel_l1": 1.0, "f0_cents": 0.0,
-                  "voicing_error": 0.0, "dnsmos": 3.0} for t in ("t", "u")}
-    refs = {t: {"ceiling": 0.9, "source_unconverted": 0.4, "dnsmos_natural": 3.0} for t in ("t", "u")}
-    decided = report.decisions(report.summary(records, refs, floors, METHODS))
+    records = _records({(m, t, 40): v for m, pair in sims.items() for t, v in zip(("t", "u"), pair, strict=True)},
+                       cost)
+    decided = report.decisions(report.summary(records, REFS, FLOORS, METHODS))
     assert decided["cheapest_d_mode"]["method"] == "lora_r8_frozen"  # 0.96 of the gain, loses 0.004 on u
     assert decided["cheapest_d_mode"]["time_ratio"] == pytest.approx(0.5)
     assert decided["r8_gain"] == pytest.approx(0.2 / 0.3)
+
+
+def test_step_table_gives_each_scored_step_over_the_targets_full_fine_tuning_moved():
+    from quality.methods import METHODS
+
+    records = _records({("full", "t", 10): 0.6, ("full", "t", 40): 0.8, ("full", "u", 40): 0.51,
+                        ("lora_r8", "t", 40): 0.7, ("lora_r8", "u", 40): 0.9})  # lora_r8 scored at 40 only
+    table = report.step_table(records, report.summary(records, REFS, FLOORS, METHODS))
+    rows = {line.split(" | ")[0]: line for line in table.splitlines()}
+    assert "step 10: sim. - floor | step 40: sim. - floor" in table
+    assert rows["| RVC full fine-tune"].endswith("| 0.100 ± 0.000 | 0.300 ± 0.000 |")  # u (0.01) left out
+    assert rows["| LoRA r8, D trained"].endswith("| - | 0.200 ± 0.000 |")
+    assert "Over t;" in table
 
 
 def _f0_response(model) -> float:

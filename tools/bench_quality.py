@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
         log("no finished runs to report yet")
         return 1
     s = report.summary(records, refs, floors, methods)
-    table = report.markdown_table(s) + "\n\n" + report.target_table(s)
+    table = "\n\n".join((report.markdown_table(s), report.target_table(s), report.step_table(records, s)))
     decided = report.decisions(s)
     report.write_csv(records, out / "results.csv")
     pngs = report.plots(records, s, out)

@@ -168,6 +168,32 @@ def target_table(s: dict) -> str:
     return "\n".join(lines)
 
 
+def step_gains(records: list[dict], s: dict) -> tuple[list[str], dict[tuple[str, int], list[float]]]:
+    """(the targets where full fine-tuning moved, (method, step) -> similarity - floor over their target x
+    seed pairs): the curves, over the targets that carry a signal."""
+    targets = s["gain_targets"]["full"] or list(s["floors"])
+    floors = {t: s["floors"][t]["similarity"] for t in targets}
+    cells = defaultdict(list)
+    for r in records:
+        if r["target"] in floors:
+            cells[(r["method"], r["step"])].append(r["similarity"] - floors[r["target"]])
+    return targets, cells
+
+
+def step_table(records: list[dict], s: dict) -> str:
+    """Similarity gain over the floor at each scored step (the curves as numbers): mean ± sd over the pairs
+    (target, seed) of the targets where full fine-tuning moved, "-" where a step was not scored."""
+    targets, cells = step_gains(records, s)
+    steps = sorted({r["step"] for r in records})
+    lines = ["| method | " + " | ".join(f"step {step}: sim. - floor" for step in steps) + " |",
+             "|" + "---|" * (len(steps) + 1)]
+    for name in s["order"]:
+        lines.append(f"| {s['labels'][name]} | " + " | ".join(_ms(cells[(name, step)]) for step in steps) + " |")
+    lines.append("")
+    lines.append(f"Over {', '.join(targets)}; mean ± sd over targets x seeds.")
+    return "\n".join(lines)
+
+
 def write_csv(records: list[dict], path: Path) -> None:
     keys = ["method", "target", "seed", "step", *METRICS, "sec_per_step", "peak_gb", "adapter_mb"]
     with path.open("w", newline="") as handle:
@@ -177,44 +203,53 @@ def write_csv(records: list[dict], path: Path) -> None:
             writer.writerow({k: (round(v, 5) if isinstance(v, float) else v) for k, v in r.items()})
 
 
+def _styles(n: int) -> list[dict]:
+    """``n`` distinguishable line styles: ten colours, then the same colours dashed with other markers."""
+    colours = [f"C{i}" for i in range(10)]
+    return [{"color": colours[i % 10], "linestyle": ("-", "--", ":")[i // 10 % 3], "marker": "osD^v"[i // 10 % 5]}
+            for i in range(n)]
+
+
 def plots(records: list[dict], s: dict, out: Path) -> list[Path]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    floor, ceiling = decisions(s)["floor"], decisions(s)["ceiling"]
-    fig, ax = plt.subplots(figsize=(8, 5))
+    styles = dict(zip(s["order"], _styles(len(s["order"])), strict=True))
+    targets, cells = step_gains(records, s)
+    gap = np.mean([s["refs"][t]["ceiling"] - s["floors"][t]["similarity"] for t in targets])
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name in s["order"]:
-        steps = sorted({r["step"] for r in records if r["method"] == name})
-        means = [np.mean([r["similarity"] for r in records if r["method"] == name and r["step"] == st])
-                 for st in steps]
-        ax.plot([0, *steps], [floor, *means], marker="o", label=s["labels"][name])
-    ax.axhline(floor, color="gray", linestyle=":", label="floor (unadapted base)")
-    ax.axhline(ceiling, color="black", linestyle="--", label="ceiling (target's own speech)")
+        steps = sorted(step for (method, step) in cells if method == name)
+        ax.plot([0, *steps], [0.0, *(np.mean(cells[(name, st)]) for st in steps)], label=s["labels"][name],
+                **styles[name])
+    ax.axhline(0.0, color="gray", linewidth=0.8)
     ax.set_xlabel("training step")
-    ax.set_ylabel("speaker similarity to target (resemblyzer cosine)")
-    ax.set_title(f"Adaptation curves (mean over {s['pairs']} target x seed pairs)")
-    ax.legend(fontsize=7, loc="lower right")
+    ax.set_ylabel("speaker similarity - floor (resemblyzer cosine)")
+    ax.set_title(f"Adaptation curves over {', '.join(targets)} (mean of target x seed pairs; "
+                 f"ceiling - floor = {gap:.2f})", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     curve = out / "similarity_vs_step.png"
     fig.tight_layout()
     fig.savefig(curve, dpi=110)
     plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(7, 5))
+    fig, ax = plt.subplots(figsize=(10, 5))
     for name in s["order"]:
         m = s["per"][name]
         if not m["gain"]:
             continue
-        ax.errorbar(np.mean(m["sec_per_step"]), np.mean(m["gain"]), yerr=np.std(m["gain"]), fmt="o", capsize=3)
-        ax.annotate(s["labels"][name], (np.mean(m["sec_per_step"]), np.mean(m["gain"])), fontsize=7,
-                    xytext=(4, 4), textcoords="offset points")
+        style = styles[name]
+        ax.errorbar(np.mean(m["sec_per_step"]), np.mean(m["gain"]), yerr=np.std(m["gain"]), fmt=style["marker"],
+                    color=style["color"], capsize=3, label=s["labels"][name])
     ax.axhline(1.0, color="black", linestyle="--", linewidth=0.8)
     ax.axhline(0.95, color="gray", linestyle=":", linewidth=0.8)
     ax.set_xlabel("seconds per training step (this machine)")
     ax.set_ylabel("gain fraction vs full fine-tune (1 = as good)")
-    ax.set_title(f"Time vs quality at step {s['steps']}")
+    ax.set_title(f"Time vs quality at step {s['steps']} (mean ± sd over seeds)", fontsize=10)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.01, 0.5))
     ax.grid(alpha=0.3)
     tradeoff = out / "time_vs_quality.png"
     fig.tight_layout()
