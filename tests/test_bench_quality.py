@@ -232,6 +232,20 @@ def test_the_base_starts_with_a_harmonic_source_strong_enough_to_be_learned(tmp_
     assert _f0_response(random_start) < 0.025
 
 
+def test_f0_probe_hears_the_sine_and_no_frame_comb_in_an_untrained_base(tmp_path):
+    """The probe behind the README's frame-comb finding: at the start the output of a constant latent is the
+    F0 (150 Hz) with the 100 Hz teeth near the noise floor; a trained base reverses that (probe.txt)."""
+    from bench_quality import SCALES
+    from quality.f0_probe import decoder_levels
+    from quality.world import initial_synthesizer
+
+    initial_synthesizer(tmp_path / "G_init.pth", SCALES["full"].model_config)
+    levels = decoder_levels(tmp_path / "G_init.pth")
+    teeth = max(levels[f] for f in (100.0, 200.0, 400.0, 500.0))
+    assert levels[150.0] > teeth + 40  # measured: 6 dB against at most -52 dB
+    assert levels[127.0] < levels[150.0] - 40  # measured: -63 dB between the lines
+
+
 def test_leaving_the_child_pool_stops_the_children_still_running(tmp_path):
     """A stopped benchmark must not leave trainers writing its cache (a re-run would race them)."""
     import time
