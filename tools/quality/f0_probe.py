@@ -40,16 +40,22 @@ def median_f0(scorer: Scorer, audio: np.ndarray, sr: int) -> float:
     return float(np.median(f0[f0 > 0])) if (f0 > 0).any() else 0.0
 
 
+def decode(model: torch.nn.Module, z: torch.Tensor, f0: float) -> np.ndarray:
+    """The decoder's output [T * upp] for latent ``z`` [1, inter, T] at a constant ``f0`` (Hz), speaker row 0,
+    with the same noise in the harmonic source on every call (seed 1)."""
+    g = model.emb_g(torch.tensor([0])).unsqueeze(-1)
+    torch.manual_seed(1)
+    with torch.inference_mode():
+        return model.dec(z, torch.full((1, z.shape[-1]), f0), g=g).flatten().numpy()
+
+
 def decoder_levels(model_path: Path) -> dict[float, float]:
     """Frequency (Hz) -> level (dB) of the decoder's output for a constant latent at ``PROBE_F0``."""
     model = load_rvc(model_path).model.eval()
     channels = model.dec.conv_pre.in_channels
     torch.manual_seed(0)
     z = (torch.randn(1, channels, 1) * 0.5).expand(1, channels, FRAMES).contiguous()
-    g = model.emb_g(torch.tensor([0])).unsqueeze(-1)
-    torch.manual_seed(1)
-    with torch.inference_mode():
-        y = model.dec(z, torch.full((1, FRAMES), PROBE_F0), g=g).flatten().numpy()
+    y = decode(model, z, PROBE_F0)
     y = y[len(y) // 4: -len(y) // 4]  # away from the edges
     spectrum = np.abs(np.fft.rfft(y * np.hanning(len(y))))
     freqs = np.fft.rfftfreq(len(y), 1 / SAMPLE_RATE)
